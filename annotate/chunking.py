@@ -1,0 +1,214 @@
+"""Split document text into sentence-aligned chunks for the teacher.
+
+A chunk is a run of whole sentences (Chinese and English aware) no longer than
+`max_size`, measured by any length function (characters by default, or a
+tokenizer's token count). Chunks carry character offsets into `SourceDoc.text`
+and the pages they span, so every annotation can be traced back to its source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from bisect import bisect_right
+from collections.abc import Callable
+from typing import NamedTuple
+
+from annotate.readers import Page
+
+__all__ = ["ChunkSpan", "split_sentences", "chunk_document", "chunk_id"]
+
+
+class ChunkSpan(NamedTuple):
+    text: str
+    char_start: int  # offsets into the document text (SourceDoc.text)
+    char_end: int
+    page_start: int | None  # page numbers of the first / last character; None when not paged
+    page_end: int | None
+
+
+_CLOSERS = "”’」』）》】〉\"')\\]"
+# A sentence ends after: Chinese terminators (always); . ! ? when followed by
+# whitespace, the end or a CJK character (so "3.5" and "example.com" do not end one);
+# a newline. Closing quotes and brackets stay with the sentence they close.
+_BOUNDARY = re.compile(
+    rf"[。！？；…]+[{_CLOSERS}]*"
+    rf"|[.!?]+[{_CLOSERS}]*(?=\s|$|[\u3400-\u9fff])"
+    r"|\n"
+)
+_WORD_BEFORE = re.compile(r"[A-Za-z.]+$")
+_NEXT_CHAR = re.compile(r"[ \t]*(\S)")
+# Abbreviations usually followed by a capitalised word ("Dr. Smith"); those usually
+# followed by a lowercase word ("e.g. the", "etc. and") are caught by the case rule.
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr vs fig figs vol pp approx inc ltd co corp dept est "
+    "jan feb mar apr jun jul aug sep sept oct nov dec gen gov rep sen rev capt col lt sgt".split()
+)
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) spans of the sentences of `text`, in order.
+
+    Each span is stripped of surrounding whitespace and non-empty; together they
+    hold every non-whitespace character of `text` exactly once.
+    """
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        if match.group().startswith(".") and not _ends_sentence(text, match.start(), match.end()):
+            continue
+        _add_stripped(text, start, match.end(), spans)
+        start = match.end()
+    _add_stripped(text, start, len(text), spans)
+    return spans
+
+
+def _ends_sentence(text: str, dot: int, end: int) -> bool:
+    """Whether the '.' at `dot` (its punctuation run ending at `end`) ends a sentence."""
+    word = _WORD_BEFORE.search(text, max(0, dot - 20), dot)
+    if word:
+        word_text = word.group().lstrip(".")
+        if "." in word_text or word_text.lower() in _ABBREVIATIONS:
+            return False  # "e.g.", "U.S.", "Dr."
+        if len(word_text) == 1 and word_text.isupper():
+            return False  # an initial: "J. Smith"
+    following = _NEXT_CHAR.match(text, end)
+    # English sentences start with a capital: ". the" and ". 5" continue the sentence.
+    return not (following and (following.group(1).islower() or following.group(1).isdigit()))
+
+
+def _add_stripped(text: str, start: int, end: int, spans: list[tuple[int, int]]) -> None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if start < end:
+        spans.append((start, end))
+
+
+def chunk_document(
+    pages: list[Page],
+    *,
+    max_size: int = 1000,
+    overlap: int = 100,
+    length: Callable[[str], int] = len,
+) -> list[ChunkSpan]:
+    """Pack whole sentences of the pages' text (joined by "\\n\\n") into chunks.
+
+    Each chunk is at most `max_size` by `length`, treating length as additive over
+    sentences and the whitespace between them (exact for `len`). A sentence longer
+    than `max_size` is cut at a comma, else whitespace, else anywhere. Each chunk
+    after the first starts with the last whole sentences of the one before, as many
+    as fit in `overlap` (0: no overlap) while leaving room for at least one new sentence.
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    if overlap < 0:
+        raise ValueError(f"overlap must be at least 0, got {overlap}")
+    text = "\n\n".join(page.text for page in pages)
+    units: list[tuple[int, int]] = []  # sentences, and pieces of over-long ones
+    sizes: list[int] = []  # their lengths, each measured once
+    for start, end in split_sentences(text):
+        size = length(text[start:end])
+        pieces = [(start, end)] if size <= max_size else _fit(text, start, end, max_size, length)
+        units.extend(pieces)
+        sizes.extend([size] if len(pieces) == 1 else (length(text[s:e]) for s, e in pieces))
+    if not units:
+        return []
+    gap_cache: dict[str, int] = {}
+
+    def gap(i: int) -> int:
+        """Length of the whitespace between unit i-1 and unit i."""
+        between = text[units[i - 1][1] : units[i][0]]
+        if between not in gap_cache:
+            gap_cache[between] = length(between) if between else 0
+        return gap_cache[between]
+
+    page_starts = []
+    offset = 0
+    for page in pages:
+        page_starts.append(offset)
+        offset += len(page.text) + 2
+
+    def page_at(position: int) -> int | None:
+        return pages[bisect_right(page_starts, position) - 1].number
+
+    chunks: list[ChunkSpan] = []
+    first = 0
+    while True:
+        last, total = first, sizes[first]  # `last` is inclusive
+        while last + 1 < len(units) and total + gap(last + 1) + sizes[last + 1] <= max_size:
+            last += 1
+            total += gap(last) + sizes[last]
+        start, end = units[first][0], units[last][1]
+        chunks.append(ChunkSpan(text[start:end], start, end, page_at(start), page_at(end - 1)))
+        if last + 1 == len(units):
+            return chunks
+        first = _overlap_start(first, last, sizes, gap, overlap, max_size)
+
+
+def _overlap_start(
+    first: int, last: int, sizes: list[int], gap: Callable[[int], int], overlap: int, max_size: int
+) -> int:
+    """Index of the first unit of the chunk after units[first..last]."""
+    following = last + 1
+    room = max_size - sizes[following] - gap(following)  # the next chunk must also fit a new unit
+    start, carried = following, 0
+    # Going back never reaches `first`, so every chunk adds at least one new unit.
+    while start - 1 > first:
+        extra = sizes[start - 1] + (gap(start) if start < following else 0)
+        if carried + extra > min(overlap, room):
+            break
+        carried += extra
+        start -= 1
+    return start
+
+
+_SOFT_BREAKS = "，、,;；："
+
+
+def _fit(text: str, start: int, end: int, max_size: int, length: Callable[[str], int]) -> list[tuple[int, int]]:
+    """Cut the over-long (stripped) sentence text[start:end] into stripped pieces within `max_size`."""
+    pieces: list[tuple[int, int]] = []
+    while True:
+        size = _longest_prefix(text, start, end, max_size, length)
+        if start + size == end:
+            pieces.append((start, end))
+            return pieces
+        window = text[start : start + size]
+        # Prefer after the last comma, then before the last whitespace, in the window's
+        # second half (so no piece is needlessly small); otherwise cut at the limit.
+        half = size // 2
+        cut = max(window.rfind(mark, half) + 1 for mark in _SOFT_BREAKS)
+        if not cut:
+            cut = next((i for i in range(size - 1, max(half, 1) - 1, -1) if window[i].isspace()), size)
+        _add_stripped(text, start, start + cut, pieces)
+        start += cut
+        while text[start].isspace():  # stops: the sentence ends with a non-space character
+            start += 1
+
+
+def _longest_prefix(text: str, start: int, end: int, max_size: int, length: Callable[[str], int]) -> int:
+    """Characters in the longest prefix of text[start:end] within `max_size` (at least 1)."""
+    # Gallop, then bisect (length only grows with text): every probe is about as long
+    # as the answer, never the whole rest of a huge sentence through a slow tokenizer.
+    remaining = end - start
+    fits, too_long = 0, remaining + 1
+    probe = min(max_size, remaining)
+    while fits < remaining and too_long > remaining:
+        if length(text[start : start + probe]) <= max_size:
+            fits, probe = probe, min(2 * probe, remaining)
+        else:
+            too_long = probe
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if length(text[start : start + middle]) <= max_size:
+            fits = middle
+        else:
+            too_long = middle
+    return max(fits, 1)  # one character even if it alone is too long, so that cutting progresses
+
+
+def chunk_id(document_id: str, text: str) -> str:
+    """Stable id of a chunk: the same text of the same document always gets the same id."""
+    return hashlib.sha256(f"{document_id}\x00{text}".encode()).hexdigest()[:32]

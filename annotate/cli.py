@@ -1,0 +1,277 @@
+"""`distill-annotate`: a thin shell over annotate's library API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import runner
+from .config import ConfigError, load_config
+from .ingest import ChunkingConfig, ingest
+from .readers import SUPPORTED_SUFFIXES
+from .records import LineageRecord
+from .store import Store
+from .tasks import TaskFileError, builtin_names, load_task
+
+console = Console(stderr=True)
+DEFAULT_WORKSPACE = os.environ.get("DISTILLERY_WORKSPACE", "workspace")
+
+
+def _store(ctx: click.Context) -> Store:
+    return Store.open(ctx.obj["workspace"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKSPACE,
+              show_default=True, help="Workspace directory (holds distillery.db). Env: DISTILLERY_WORKSPACE.")
+@click.pass_context
+def main(ctx: click.Context, workspace: Path) -> None:
+    """Annotate documents with a teacher model: ingest files, run a task, export the records."""
+    ctx.ensure_object(dict)["workspace"] = workspace
+
+
+@main.command("ingest", help=f"Read files and folders ({', '.join(sorted(SUPPORTED_SUFFIXES))}) into chunks. "
+              "Re-ingesting the same files adds nothing.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--max-size", default=800, show_default=True, help="Largest chunk, in --unit.")
+@click.option("--overlap", default=80, show_default=True, help="Sentences carried over between chunks, up to this size.")
+@click.option("--unit", type=click.Choice(["chars", "tokens"]), default="chars", show_default=True)
+@click.option("--tokenizer", help="Model dir whose tokenizer counts tokens (default: the embedded model).")
+@click.option("--text-field", default="text", show_default=True, help="Field/column holding the text in .jsonl/.csv.")
+@click.pass_context
+def ingest_cmd(ctx: click.Context, paths: tuple[Path, ...], max_size: int, overlap: int, unit: str,
+               tokenizer: str | None, text_field: str) -> None:
+    config = ChunkingConfig(max_size=max_size, overlap=overlap, unit=unit, tokenizer=tokenizer)
+    with _store(ctx) as store, console.status("reading…") as status:
+        report = ingest(store, paths, config=config, text_field=text_field,
+                        on_file=lambda p: status.update(f"reading {p}"))
+    table = Table(title="ingest", show_header=False)
+    for label, value in (("files read", report.files), ("documents new", report.documents_new),
+                         ("documents already ingested", report.documents_seen), ("chunks new", report.chunks_new),
+                         ("files failed", len(report.failures)), ("warnings", len(report.warnings))):
+        table.add_row(label, str(value))
+    console.print(table)
+    for failure in report.failures:
+        console.print(f"[red]failed[/red] {failure.path}: {failure.reason}")
+    for warning in report.warnings[:20]:
+        console.print(f"[yellow]warning[/yellow] {warning}")
+    if len(report.warnings) > 20:
+        console.print(f"[yellow]… {len(report.warnings) - 20} more warnings[/yellow]")
+
+
+@main.command("tasks")
+@click.argument("name", required=False)
+def tasks_cmd(name: str | None) -> None:
+    """List the built-in tasks, or print one task's YAML (copy it to make your own)."""
+    if name:
+        try:
+            click.echo(load_task(name).body)
+        except TaskFileError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
+    table = Table(title="built-in tasks")
+    table.add_column("name")
+    table.add_column("kind")
+    table.add_column("labels")
+    table.add_column("description")
+    for n in builtin_names():
+        t = load_task(n)
+        table.add_row(n, t.spec.kind, " | ".join(t.spec.labels or t.spec.answer_labels or []), t.spec.description)
+    Console().print(table)
+
+
+def _parse_vars(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--var")
+        out[key] = value
+    return out
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not I/N (e.g. 0/4)", param_hint="--shard") from None
+    if not 0 <= i < n:
+        raise click.BadParameter(f"shard {i} is not in 0..{n - 1}", param_hint="--shard")
+    return i, n
+
+
+@main.command("run")
+@click.option("-t", "--task", "task_name", help="Built-in task name or a task YAML path [default: config's, or relevance].")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Job config YAML.")
+@click.option("--var", "var_items", multiple=True, metavar="KEY=VALUE", help="Set a task variable (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N chunks (document order).")
+@click.option("--shard", help="I/N: only the I-th of N disjoint chunk sets (split a job across keys).")
+@click.option("--retry", "retry", default="", help="Re-run records in these states, e.g. invalid,failed.")
+@click.option("--dry-run", is_flag=True, help="Print the estimated tokens and cost; send nothing.")
+@click.option("--budget", type=float, help="Stop cleanly once the workspace has spent this much.")
+@click.option("--provider", type=click.Choice(["auto", "openai", "local"]), help="Teacher kind [default: auto].")
+@click.option("--base-url", help="OpenAI-compatible base URL [default: Kimi when a key is set].")
+@click.option("--model", help="Teacher model name.")
+@click.option("--api-key-env", help="Environment variable holding the API key [default: MOONSHOT_API_KEY].")
+@click.option("--tier", help="Moonshot tier preset for the limits (tier0..tier5) [default: tier1].")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at most.")
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute at most.")
+@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute at most.")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Max tokens per answer.")
+@click.option("--temperature", type=float, help="Sampling temperature [default: 0.3].")
+@click.pass_context
+def run_cmd(ctx: click.Context, task_name: str | None, config_path: Path | None, var_items: tuple[str, ...],
+            limit: int | None, shard: str | None, retry: str, dry_run: bool, **options: Any) -> None:
+    """Annotate the ingested chunks with a task. Safe to kill and run again: it resumes."""
+    overrides = {"task": task_name, "budget": options.pop("budget")}
+    overrides |= {f"teacher.{k}": v for k, v in options.items()}
+    try:
+        config = load_config(config_path, overrides)
+        task = load_task(config.task, overrides={**config.vars, **_parse_vars(var_items)} or None)
+    except (ConfigError, TaskFileError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    retry_states = tuple(s for s in retry.split(",") if s)
+    bad = set(retry_states) - {"invalid", "failed", "refused", "too_long", "ok"}
+    if bad:
+        raise click.BadParameter(f"unknown state(s) {', '.join(sorted(bad))}", param_hint="--retry")
+    with _store(ctx) as store:
+        if store.totals()["chunks"] == 0:
+            raise click.ClickException(f"workspace {ctx.obj['workspace']} has no chunks: run `distill-annotate ingest PATH` first")
+        pending = runner.plan(store, task, config, limit=limit, shard=_parse_shard(shard), retry=retry_states)
+        t = config.teacher
+        where = t.resolved_base_url() or "embedded local model"
+        console.print(f"task [bold]{task.name}[/bold] ({task.hash[:12]}) · teacher {t.resolved_model()} @ {where} · "
+                      f"{pending} records to do")
+        if dry_run:
+            _print_estimate(runner.estimate(store, task, config))
+            return
+        if pending == 0:
+            console.print("nothing to do: every planned record is done (use --retry invalid,failed to redo failures)")
+            _print_summary(store, task.name, None)
+            return
+        if t.resolved_provider() == "openai" and not t.api_key() and not t.base_url:
+            raise click.ClickException(f"no API key: set {t.api_key_env}")
+        stats = asyncio.run(_run_with_progress(store, task, config, pending))
+        _print_summary(store, task.name, stats)
+        if stats.stopped:
+            raise click.ClickException(stats.stopped)
+
+
+async def _run_with_progress(store: Store, task, config, pending: int) -> runner.JobStats:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        console.print("[yellow]stopping after the requests in flight (Ctrl-C again to abort now)…[/yellow]")
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+               TextColumn("{task.fields[info]}")]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("annotating", total=pending, rate="", info="")
+
+        def update(stats: runner.JobStats) -> None:
+            rate = stats.done / stats.elapsed_s * 60 if stats.elapsed_s else 0
+            errors = sum(n for s, n in stats.by_status.items() if s != "ok")
+            progress.update(bar, completed=stats.done, total=stats.total, rate=f"{rate:.0f}/min",
+                            info=f"tok {stats.prompt_tokens + stats.completion_tokens:,} · "
+                                 f"{stats.cost:.4f} {stats.currency} · not ok {errors} · retries {stats.retries}")
+
+        try:
+            return await runner.run_job(store, task, config, on_progress=update, stop=stop)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+def _print_estimate(est: runner.Estimate) -> None:
+    table = Table(title="dry run: estimate (nothing sent)", show_header=False)
+    table.add_row("records", f"{est.records:,}")
+    table.add_row("prompt tokens (est.)", f"{est.prompt_tokens:,}")
+    table.add_row("completion tokens (est.)", f"{est.completion_tokens:,}")
+    table.add_row("cost (est.)", f"{est.cost:.4f} {est.currency}" if est.priced else "unknown: no price for this model (add it under prices:)")
+    if est.note:
+        table.add_row("note", est.note)
+    Console().print(table)
+
+
+def _print_summary(store: Store, task_name: str, stats: runner.JobStats | None) -> None:
+    table = Table(title=f"task {task_name}: all records in the workspace")
+    for col in ("status", "records", "prompt tokens", "completion tokens", "cost"):
+        table.add_column(col, justify="right" if col != "status" else "left")
+    for status, row in sorted(store.counts(task_name=task_name).items()):
+        table.add_row(status, f"{row['records']:,}", f"{row['prompt_tokens']:,}", f"{row['completion_tokens']:,}", f"{row['cost']:.4f}")
+    Console().print(table)
+    if stats is None:
+        return
+    run = Table(title="this run", show_header=False)
+    for label, value in (("records finished", stats.done), ("calls sent", stats.calls_sent),
+                         ("answers reused (not paid again)", stats.calls_reused), ("HTTP retries", stats.retries),
+                         ("re-asks for broken format", stats.reasks),
+                         ("tokens", f"{stats.prompt_tokens:,} in / {stats.completion_tokens:,} out"),
+                         ("cost", f"{stats.cost:.4f} {stats.currency}"), ("elapsed", f"{stats.elapsed_s:.1f} s")):
+        run.add_row(label, str(value))
+    Console().print(run)
+    for err in stats.errors:
+        console.print(f"[yellow]{err}[/yellow]")
+
+
+@main.command("status")
+@click.pass_context
+def status_cmd(ctx: click.Context) -> None:
+    """Documents, chunks and records per task and status, with tokens and cost."""
+    with _store(ctx) as store:
+        totals = store.totals()
+        console.print(f"workspace {ctx.obj['workspace']}: {totals['documents']} documents, {totals['chunks']} chunks, "
+                      f"{totals['annotations']} records, {totals['calls']} teacher calls, spent {store.spent():.4f}")
+        for name in store.task_names():
+            _print_summary(store, name, None)
+
+
+@main.command("export")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-t", "--task", "task_name", help="Only this task.")
+@click.option("--status", "statuses", default="ok", show_default=True, help="Comma-separated states, or 'all'.")
+@click.pass_context
+def export_cmd(ctx: click.Context, out: Path, task_name: str | None, statuses: str) -> None:
+    """Write records with their full lineage (document, chunk, task) as JSONL."""
+    wanted = None if statuses == "all" else statuses.split(",")
+    n = 0
+    with _store(ctx) as store, out.open("w", encoding="utf-8") as fh:
+        for _, ann in store.annotations(task_name=task_name, status=wanted):
+            fh.write(store.lineage(ann).model_dump_json() + "\n")
+            n += 1
+    console.print(f"wrote {n} records to {out}")
+
+
+@main.command("import")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def import_cmd(ctx: click.Context, src: Path) -> None:
+    """Merge records exported by `export` (e.g. from a job split across machines)."""
+    records = []
+    with src.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(LineageRecord.model_validate(json.loads(line)))
+            except ValueError as exc:
+                raise click.ClickException(f"{src} line {lineno}: not an exported record ({str(exc).splitlines()[0]}); nothing was imported") from exc
+    with _store(ctx) as store:
+        added = store.import_records(records)
+    console.print(f"imported {added} new records ({len(records) - added} already present)")

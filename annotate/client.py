@@ -1,0 +1,286 @@
+"""The teacher over HTTP: Kimi (Moonshot) or any OpenAI-compatible chat-completions API.
+
+One shared httpx connection pool, paced by `annotate.ratelimit`; every failure is classified
+into a `TeacherError` kind, and the retryable kinds are retried with full-jitter exponential
+backoff that honours whatever wait the server asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from .ratelimit import Limits, RateLimiter, estimate_tokens
+from .teacher import ChatRequest, ChatResult, TeacherError
+
+_log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Header values above this are Unix timestamps (some providers send the reset moment, not a delay).
+_EPOCH_THRESHOLD = 1e9
+
+
+def backoff_s(retry: int, base: float, cap: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**retry)], so that workers that failed
+    together do not come back together."""
+    return random.uniform(0.0, min(cap, base * 2.0**retry))
+
+
+def _seconds(value: str, now: float) -> float | None:
+    """A wait from a header value: seconds, a duration like "6m0s"/"20ms", an epoch, or an HTTP date."""
+    value = value.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        return number - now if number > _EPOCH_THRESHOLD else number
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        return sum(float(n) * _UNIT_S[u] for n, u in parts)
+    try:
+        return parsedate_to_datetime(value).timestamp() - now
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """How long the server asked us to wait, from the first of the usual headers it sent."""
+    now = time.time() if now is None else now
+    headers = {k.lower(): v for k, v in headers.items()}
+    if "retry-after-ms" in headers:  # OpenAI's, more precise than retry-after
+        try:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000.0)
+        except ValueError:
+            pass
+    for name in ("retry-after", "x-ratelimit-reset-requests", "x-ratelimit-reset"):
+        if name in headers:
+            seconds = _seconds(headers[name], now)
+            if seconds is not None:
+                return max(0.0, seconds)
+    return None
+
+
+def classify(status: int, body: bytes, headers: Mapping[str, str]) -> TeacherError:
+    """The TeacherError for a non-2xx response (Moonshot, DeepSeek, DashScope, OpenAI bodies)."""
+    etype = message = ""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error") if isinstance(data.get("error"), dict) else data  # DashScope native: top level
+        etype = str(err.get("type") or err.get("code") or "")
+        message = str(err.get("message") or "")
+    if not message:
+        message = body[:200].decode("utf-8", "replace").strip()
+    text = f"{etype} {message}".lower()
+    squashed = text.replace("_", "")
+    summary = f"HTTP {status} {etype}: {message}"[:500]
+    wait = retry_after_s(headers)
+
+    if status == 429:
+        if etype == "exceeded_current_quota_error" or any(w in text for w in ("quota", "balance", "insufficient")):
+            return TeacherError("quota", summary, status=status)
+        return TeacherError("rate_limit", summary, status=status, retry_after_s=wait)
+    if status in (401, 403):
+        return TeacherError("auth", summary, status=status)
+    if status == 402:  # DeepSeek: insufficient balance
+        return TeacherError("quota", summary, status=status)
+    if status == 408:
+        return TeacherError("timeout", summary, status=status, retry_after_s=wait)
+    if status >= 500:
+        return TeacherError("server", summary, status=status, retry_after_s=wait)
+    if any(w in squashed for w in ("contentfilter", "high risk", "datainspectionfailed", "contentpolicyviolation")):
+        return TeacherError("content_filter", summary, status=status)
+    if any(w in text for w in ("token length too long", "exceeded model token limit", "context length")) or (
+        "contextlengthexceeded" in squashed
+    ):
+        return TeacherError("context_overflow", summary, status=status)
+    return TeacherError("bad_request", summary, status=status)
+
+
+def _check_chat(data: dict[str, Any]) -> None:
+    choices = data.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        raise TeacherError("malformed", "2xx answer without choices[0].message.content", status=200)
+
+
+def _check_models(data: dict[str, Any]) -> None:
+    if not isinstance(data.get("data"), list):
+        raise TeacherError("malformed", "2xx answer without a data list", status=200)
+
+
+def _default_estimate(request: ChatRequest) -> int:
+    # Prompt text plus the most the model may write: providers budget TPM on both.
+    prompt = sum(estimate_tokens(str(m.get("content") or "")) for m in request.messages)
+    return prompt + request.max_tokens
+
+
+class OpenAIChatClient:
+    """`Teacher` over the OpenAI chat-completions protocol; Moonshot's errors and limits first."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        limits: Limits,
+        max_retries: int = 6,
+        timeout_s: float = 120,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60,
+        on_retry: Callable[[TeacherError], None] | None = None,
+        estimate_tokens: Callable[[ChatRequest], int] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key or None
+        self.limits = limits
+        self._max_retries = max_retries
+        self._timeout_s = timeout_s
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._on_retry = on_retry
+        self._estimate = estimate_tokens or _default_estimate
+        self._limiter = RateLimiter(limits)
+        headers = {"User-Agent": "distillery/0.1"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        # The limiter caps requests in flight at `concurrency`, so a pool of that size never makes
+        # a request wait for a connection; keep-alive saves a TCP+TLS handshake per request.
+        pool = httpx.Limits(max_connections=limits.concurrency, max_keepalive_connections=limits.concurrency)
+        self._http = httpx.AsyncClient(headers=headers, limits=pool, timeout=httpx.Timeout(timeout_s))
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "none"
+        return f"OpenAIChatClient(base_url={self.base_url!r}, key={key}, limits={self.limits!r})"
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        estimated = self._estimate(request)
+        data, latency, attempts = await self._call("POST", "/chat/completions", request.body(), estimated, _check_chat)
+        choice = data["choices"][0]
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        return ChatResult(
+            content=choice["message"]["content"],
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            model=data.get("model"),
+            raw=data,
+            latency_s=latency,
+            attempts=attempts,
+        )
+
+    async def list_models(self) -> list[str]:
+        data, _, _ = await self._call("GET", "/models", None, 0, _check_models)
+        return [str(m["id"]) for m in data["data"] if isinstance(m, dict) and "id" in m]
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        estimated: int,
+        check: Callable[[dict[str, Any]], None],
+    ) -> tuple[dict[str, Any], float, int]:
+        """One logical request: paced attempts, retried with backoff; (data, latency, attempts)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                data, latency = await self._paced(method, path, body, estimated, check)
+                return data, latency, attempt
+            except TeacherError as exc:
+                err = self._redact(exc)
+            # Raised out here, not in the handler: a redacted copy must not carry the original
+            # (key and all) along as its __context__.
+            err.attempts = attempt
+            if not err.retryable or attempt > self._max_retries:
+                raise err
+            delay = backoff_s(attempt - 1, self._backoff_base_s, self._backoff_max_s)
+            if err.retry_after_s is not None:
+                delay = max(delay, err.retry_after_s)
+            if err.kind == "rate_limit":
+                # The limit is the account's, not this request's: every worker holds off.
+                self._limiter.pause(err.retry_after_s if err.retry_after_s is not None else self._backoff_base_s)
+            if self._on_retry is not None:
+                self._on_retry(err)
+            _log.info("%s %s attempt %d failed (%s); retrying in %.2fs", method, path, attempt, err, delay)
+            await asyncio.sleep(delay)  # outside the limiter: a waiting retry holds no slot
+
+    async def _paced(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        estimated: int,
+        check: Callable[[dict[str, Any]], None],
+    ) -> tuple[dict[str, Any], float]:
+        """One attempt under the limiter, settling its token estimate; returns (data, latency)."""
+        async with self._limiter.slot(estimated):
+            started = time.monotonic()
+            try:
+                data = await self._attempt(method, path, body)
+                check(data)
+            except TeacherError as err:
+                if err.status is not None and 400 <= err.status < 500:
+                    self._limiter.settle(estimated, 0)  # refused before any generation
+                raise
+            latency = time.monotonic() - started
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        actual = usage.get("total_tokens")
+        self._limiter.settle(estimated, actual if isinstance(actual, int) else estimated)
+        return data, latency
+
+    async def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        """One HTTP exchange; any failure comes out as a TeacherError."""
+        try:
+            # Besides httpx's per-read timeout, a deadline for the whole exchange: a server that
+            # trickles keep-alive bytes (DeepSeek under load) would otherwise never time out.
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._http.request(method, self.base_url + path, json=body)
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise TeacherError("timeout", f"no answer within {self._timeout_s:g}s ({type(exc).__name__})") from exc
+        except httpx.DecodingError as exc:
+            raise TeacherError("malformed", f"undecodable body: {exc}", status=200) from exc
+        except httpx.TransportError as exc:
+            raise TeacherError("connection", f"{type(exc).__name__}: {exc or 'connection lost'}") from exc
+        if not response.is_success:
+            raise classify(response.status_code, response.content, response.headers)
+        try:
+            data = response.json()
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
+            snippet = response.content[:120].decode("utf-8", "replace")
+            raise TeacherError("malformed", f"2xx body is not JSON: {snippet!r}", status=response.status_code) from exc
+        if not isinstance(data, dict):
+            raise TeacherError("malformed", "2xx body is not a JSON object", status=response.status_code)
+        return data
+
+    def _redact(self, err: TeacherError) -> TeacherError:
+        """The same error with the API key blanked out, should a server or proxy echo it back."""
+        if not self._api_key or self._api_key not in err.message:
+            return err
+        return TeacherError(
+            err.kind,
+            err.message.replace(self._api_key, "***"),
+            status=err.status,
+            retry_after_s=err.retry_after_s,
+            attempts=err.attempts,
+        )

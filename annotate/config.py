@@ -1,0 +1,112 @@
+"""Job configuration as data: a YAML file, overridable from the command line.
+
+Which teacher: with a key in the environment (MOONSHOT_API_KEY by default) or a base URL set,
+the OpenAI-compatible API (Kimi by default); with neither, the embedded local model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .accounting import DEFAULT_PRICES, FREE, Price
+from .ratelimit import TIERS, Limits
+from .yamlfile import load_mapping, validate
+
+KIMI_BASE_URL = "https://api.moonshot.cn/v1"
+KIMI_MODEL = "moonshot-v1-8k"
+LOCAL_MODEL = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A job config that cannot be used; the message names the file and the field."""
+
+
+class TeacherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: Literal["auto", "openai", "local"] = "auto"
+    base_url: str | None = None  # None + provider openai => Kimi
+    api_key_env: str = "MOONSHOT_API_KEY"  # the key is read from here; never stored
+    model: str | None = None  # None => moonshot-v1-8k (openai) / the embedded model (local)
+    local_model_path: str | None = None  # a HF model dir for the local teacher instead of SmolLM2
+    temperature: float = Field(0.3, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=1)
+    timeout_s: float = Field(120, gt=0)
+    tier: str = "tier1"  # Moonshot account tier preset for the limits below
+    concurrency: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_retries: int = Field(6, ge=0)
+    backoff_s: float = Field(1.0, gt=0)  # first retry waits up to this, doubling (Moonshot: 1 s, 2 s, 4 s...)
+
+    def resolved_provider(self) -> Literal["openai", "local"]:
+        if self.provider != "auto":
+            return self.provider
+        return "openai" if self.base_url or os.environ.get(self.api_key_env) else "local"
+
+    def resolved_model(self) -> str:
+        if self.model:
+            return self.model
+        return KIMI_MODEL if self.resolved_provider() == "openai" else LOCAL_MODEL
+
+    def resolved_base_url(self) -> str | None:
+        return (self.base_url or KIMI_BASE_URL).rstrip("/") if self.resolved_provider() == "openai" else None
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
+    def limits(self) -> Limits:
+        if self.tier not in TIERS:
+            raise ConfigError(f"teacher.tier '{self.tier}' is unknown; use one of {', '.join(TIERS)}")
+        preset = TIERS[self.tier]
+        if self.resolved_provider() == "local":
+            # The local model batches what it is given; more in flight only queues.
+            preset = Limits(concurrency=8, rpm=None, tpm=None)
+        return Limits(
+            concurrency=self.concurrency or preset.concurrency,
+            rpm=self.rpm or preset.rpm,
+            tpm=self.tpm or preset.tpm,
+        )
+
+
+class JobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: str = "relevance"  # built-in name or path to a task YAML
+    vars: dict[str, Any] = Field(default_factory=dict)  # task variable overrides
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    budget: float | None = Field(None, gt=0)  # stop cleanly once this much is spent (price currency)
+    prices: dict[str, Price] = Field(default_factory=dict)  # per model, overrides the defaults
+    expected_completion_tokens: int = Field(200, ge=1)  # for the dry-run estimate
+
+    def price(self) -> Price:
+        if self.teacher.resolved_provider() == "local":
+            return FREE
+        model = self.teacher.resolved_model()
+        table = {**DEFAULT_PRICES, **self.prices}
+        return table.get(model, FREE)
+
+    def has_price(self) -> bool:
+        return self.teacher.resolved_provider() == "local" or self.teacher.resolved_model() in {**DEFAULT_PRICES, **self.prices}
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read a job YAML (or start from defaults) and apply overrides like {"teacher.rpm": 100}."""
+    data: dict[str, Any] = {}
+    origin = str(path) if path else "command line"
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file")
+        data = load_mapping(p.read_text(encoding="utf-8"), str(p), ConfigError)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return validate(JobConfig, data, origin, ConfigError)

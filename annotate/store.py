@@ -1,0 +1,375 @@
+"""The workspace store: one SQLite file (WAL) that every stage reads and writes.
+
+Why SQLite: transactional, serverless, survives kill -9, and a crashed job can resume
+exactly where it stopped. Every write that records something paid for (a teacher's
+answer) commits before the caller moves on. JSONL is the exchange format, never the state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from .records import Annotation, Chunk, Document, LineageRecord, TaskVersion, utcnow
+
+DB_NAME = "distillery.db"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY, path TEXT NOT NULL, kind TEXT NOT NULL, encoding TEXT,
+    n_chars INTEGER NOT NULL, n_pages INTEGER, meta TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id TEXT PRIMARY KEY, document_id TEXT NOT NULL REFERENCES documents(id), seq INTEGER NOT NULL,
+    text TEXT NOT NULL, char_start INTEGER NOT NULL, char_end INTEGER NOT NULL,
+    page_start INTEGER, page_end INTEGER, size INTEGER NOT NULL, created_at TEXT NOT NULL,
+    shard_key INTEGER NOT NULL  -- int of the id's first 8 hex digits: splits jobs across keys
+);
+CREATE INDEX IF NOT EXISTS chunks_document ON chunks(document_id, seq);
+CREATE TABLE IF NOT EXISTS tasks (
+    hash TEXT PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS annotations (
+    id TEXT PRIMARY KEY, chunk_id TEXT NOT NULL REFERENCES chunks(id),
+    task_hash TEXT NOT NULL REFERENCES tasks(hash), task_name TEXT NOT NULL,
+    step TEXT NOT NULL, parent_id TEXT REFERENCES annotations(id), item_index INTEGER NOT NULL,
+    input TEXT, status TEXT NOT NULL, conclusion TEXT, reasoning TEXT, raw_text TEXT, error TEXT,
+    provider TEXT, model TEXT, params TEXT NOT NULL, request_hash TEXT, attempts INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost REAL NOT NULL,
+    latency_s REAL NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS annotations_task_status ON annotations(task_hash, status);
+CREATE INDEX IF NOT EXISTS annotations_chunk ON annotations(chunk_id);
+-- One row per distinct paid request (hash of messages + model + params). Written as 'sent'
+-- before the request leaves, as 'ok' with the raw answer the moment it arrives.
+CREATE TABLE IF NOT EXISTS calls (
+    request_hash TEXT PRIMARY KEY, annotation_id TEXT NOT NULL, provider TEXT NOT NULL,
+    base_url TEXT, model TEXT NOT NULL, request TEXT NOT NULL, status TEXT NOT NULL,
+    error_kind TEXT, error TEXT, response TEXT, content TEXT, finish_reason TEXT,
+    prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL, latency_s REAL,
+    attempts INTEGER, sent_at TEXT NOT NULL, done_at TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_annotation ON calls(annotation_id);
+"""
+
+_JSON_COLUMNS = {"meta", "params"}
+
+
+def _row_to(model: type[BaseModel], row: sqlite3.Row) -> Any:
+    data = {k: row[k] for k in row.keys() if k in model.model_fields}
+    for key in _JSON_COLUMNS & data.keys():
+        data[key] = json.loads(data[key])
+    return model(**data)
+
+
+def _columns(obj: BaseModel) -> dict[str, Any]:
+    data = obj.model_dump()
+    for key in _JSON_COLUMNS & data.keys():
+        data[key] = json.dumps(data[key], ensure_ascii=False, sort_keys=True)
+    return data
+
+
+def _insert_sql(table: str, columns: Iterable[str], verb: str = "INSERT OR IGNORE") -> str:
+    cols = list(columns)
+    return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})"
+
+
+class Store:
+    """The one way any stage touches workspace state."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode loses nothing on a process crash (kill -9), only on power loss.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    @classmethod
+    def open(cls, workspace: str | Path) -> Store:
+        return cls(Path(workspace) / DB_NAME)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- documents and chunks -------------------------------------------------------------
+
+    def add_document(self, doc: Document, chunks: list[Chunk]) -> int:
+        """Store a document with its chunks in one transaction; returns chunks newly added."""
+        with self.transaction() as db:
+            db.execute(_insert_sql("documents", Document.model_fields), _columns(doc))
+            added = 0
+            for chunk in chunks:
+                row = _columns(chunk) | {"shard_key": int(chunk.id[:8], 16)}
+                added += db.execute(_insert_sql("chunks", row), row).rowcount
+        return added
+
+    def document(self, document_id: str) -> Document | None:
+        row = self.db.execute("SELECT * FROM documents WHERE id = ?", (document_id,)).fetchone()
+        return _row_to(Document, row) if row else None
+
+    def documents(self) -> Iterator[Document]:
+        for row in self.db.execute("SELECT * FROM documents ORDER BY path"):
+            yield _row_to(Document, row)
+
+    def chunk(self, chunk_id: str) -> Chunk | None:
+        row = self.db.execute("SELECT * FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
+        return _row_to(Chunk, row) if row else None
+
+    def chunk_ids(self, *, shard: tuple[int, int] | None = None, limit: int | None = None) -> Iterator[str]:
+        """Chunk ids in document order; `shard=(i, n)` keeps the i-th of n disjoint parts."""
+        sql = "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id"
+        args: list[Any] = []
+        if shard:
+            sql += " WHERE c.shard_key % ? = ?"
+            args += [shard[1], shard[0]]
+        sql += " ORDER BY d.path, c.seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        for row in self.db.execute(sql, args):
+            yield row[0]
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def put_task(self, task: TaskVersion) -> None:
+        self.db.execute(_insert_sql("tasks", TaskVersion.model_fields), _columns(task))
+
+    def task(self, task_hash: str) -> TaskVersion | None:
+        row = self.db.execute("SELECT * FROM tasks WHERE hash = ?", (task_hash,)).fetchone()
+        return _row_to(TaskVersion, row) if row else None
+
+    # -- annotations ------------------------------------------------------------------------
+
+    def plan(self, annotations: Iterable[Annotation]) -> int:
+        """Insert pending annotations; ones that exist already are left alone. Returns new rows."""
+        sql = _insert_sql("annotations", Annotation.model_fields)
+        added = 0
+        with self.transaction() as db:
+            for ann in annotations:
+                added += db.execute(sql, _columns(ann)).rowcount
+        return added
+
+    def save_annotation(self, ann: Annotation) -> None:
+        ann.updated_at = utcnow()
+        self.db.execute(_insert_sql("annotations", Annotation.model_fields, "INSERT OR REPLACE"), _columns(ann))
+
+    def annotation(self, annotation_id: str) -> Annotation | None:
+        row = self.db.execute("SELECT * FROM annotations WHERE id = ?", (annotation_id,)).fetchone()
+        return _row_to(Annotation, row) if row else None
+
+    def annotations(
+        self,
+        *,
+        task_name: str | None = None,
+        task_hash: str | None = None,
+        status: str | Iterable[str] | None = None,
+        step: str | None = None,
+        after_rowid: int = 0,
+        limit: int | None = None,
+        chunk_ids: Iterable[str] | None = None,
+    ) -> Iterator[tuple[int, Annotation]]:
+        """(rowid, annotation) in insertion order, filtered; streams, never loads all rows."""
+        where, args = ["rowid > ?"], [after_rowid]
+        for col, val in (("task_name", task_name), ("task_hash", task_hash), ("step", step)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args += statuses
+        if chunk_ids is not None:
+            ids = list(chunk_ids)
+            where.append(f"chunk_id IN ({', '.join('?' * len(ids))})")
+            args += ids
+        sql = f"SELECT rowid AS _rowid, * FROM annotations WHERE {' AND '.join(where)} ORDER BY rowid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        for row in self.db.execute(sql, args).fetchall() if limit is not None else self.db.execute(sql, args):
+            yield row["_rowid"], _row_to(Annotation, row)
+
+    # -- jobs: which chunks a run covers --------------------------------------------------------
+
+    def select_job_chunks(self, *, shard: tuple[int, int] | None = None, limit: int | None = None) -> int:
+        """Fill this connection's job_chunks table: the chunks a run may work on. Returns how many."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS job_chunks (chunk_id TEXT PRIMARY KEY)")
+        with self.transaction() as db:
+            db.execute("DELETE FROM job_chunks")
+            db.executemany("INSERT INTO job_chunks VALUES (?)", ((cid,) for cid in self.chunk_ids(shard=shard, limit=limit)))
+        return self.db.execute("SELECT COUNT(*) FROM job_chunks").fetchone()[0]
+
+    def job_chunks_without(self, *, task_hash: str, model: str, step: str) -> Iterator[str]:
+        """Job chunks that have no `step` annotation for this task version and teacher model yet."""
+        for row in self.db.execute(
+            "SELECT chunk_id FROM job_chunks j WHERE NOT EXISTS (SELECT 1 FROM annotations a"
+            " WHERE a.chunk_id = j.chunk_id AND a.task_hash = ? AND a.model = ? AND a.step = ?)",
+            (task_hash, model, step),
+        ).fetchall():
+            yield row[0]
+
+    def reset_job(self, *, task_hash: str, model: str, statuses: Iterable[str]) -> int:
+        """Make the job's records in `statuses` pending again (their last answer stays in calls)."""
+        marks = list(statuses)
+        if not marks:
+            return 0
+        return self.db.execute(
+            f"UPDATE annotations SET status = 'pending' WHERE task_hash = ? AND model = ?"
+            f" AND status IN ({', '.join('?' * len(marks))})"
+            " AND chunk_id IN (SELECT chunk_id FROM job_chunks)",
+            (task_hash, model, *marks),
+        ).rowcount
+
+    def job_pending(self, *, task_hash: str, model: str, after_rowid: int = 0, limit: int = 256) -> list[tuple[int, Annotation]]:
+        """The next page of the job's pending annotations, in insertion order."""
+        rows = self.db.execute(
+            "SELECT rowid AS _rowid, * FROM annotations WHERE rowid > ? AND task_hash = ? AND model = ?"
+            " AND status = 'pending' AND chunk_id IN (SELECT chunk_id FROM job_chunks) ORDER BY rowid LIMIT ?",
+            (after_rowid, task_hash, model, limit),
+        ).fetchall()
+        return [(r["_rowid"], _row_to(Annotation, r)) for r in rows]
+
+    def job_count(self, *, task_hash: str, model: str, status: str = "pending") -> int:
+        return self.db.execute(
+            "SELECT COUNT(*) FROM annotations WHERE task_hash = ? AND model = ? AND status = ?"
+            " AND chunk_id IN (SELECT chunk_id FROM job_chunks)",
+            (task_hash, model, status),
+        ).fetchone()[0]
+
+    def counts(self, *, task_name: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per status: records, tokens and cost (the job summary and `status` read this)."""
+        sql = (
+            "SELECT status, COUNT(*) AS n, SUM(prompt_tokens) AS pt, SUM(completion_tokens) AS ct,"
+            " SUM(cost) AS cost FROM annotations"
+        )
+        args: list[Any] = []
+        if task_name:
+            sql += " WHERE task_name = ?"
+            args.append(task_name)
+        sql += " GROUP BY status"
+        return {
+            r["status"]: {"records": r["n"], "prompt_tokens": r["pt"] or 0, "completion_tokens": r["ct"] or 0, "cost": r["cost"] or 0.0}
+            for r in self.db.execute(sql, args)
+        }
+
+    def task_names(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT task_name FROM annotations ORDER BY task_name")]
+
+    def totals(self) -> dict[str, int]:
+        row = self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM documents) AS documents, (SELECT COUNT(*) FROM chunks) AS chunks,"
+            " (SELECT COUNT(*) FROM annotations) AS annotations, (SELECT COUNT(*) FROM calls) AS calls"
+        ).fetchone()
+        return dict(row)
+
+    def spent(self) -> float:
+        """Money spent on answered calls, across all jobs in this workspace."""
+        return self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM calls WHERE status = 'ok'").fetchone()[0]
+
+    # -- calls: the never-pay-twice ledger -------------------------------------------------
+
+    def answered_call(self, request_hash: str) -> sqlite3.Row | None:
+        return self.db.execute(
+            "SELECT * FROM calls WHERE request_hash = ? AND status = 'ok'", (request_hash,)
+        ).fetchone()
+
+    def call_sent(
+        self, request_hash: str, *, annotation_id: str, provider: str, base_url: str | None, model: str, request: dict[str, Any]
+    ) -> None:
+        """Record the request before it leaves: a crash after this point is visible, never silent."""
+        self.db.execute(
+            "INSERT INTO calls (request_hash, annotation_id, provider, base_url, model, request, status, sent_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)"
+            " ON CONFLICT(request_hash) DO UPDATE SET status = 'sent', sent_at = excluded.sent_at,"
+            " error_kind = NULL, error = NULL",
+            (request_hash, annotation_id, provider, base_url, model, json.dumps(request, ensure_ascii=False), utcnow()),
+        )
+
+    def call_answered(
+        self,
+        request_hash: str,
+        *,
+        response: dict[str, Any],
+        content: str,
+        finish_reason: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+        latency_s: float,
+        attempts: int,
+    ) -> None:
+        self.db.execute(
+            "UPDATE calls SET status = 'ok', response = ?, content = ?, finish_reason = ?, prompt_tokens = ?,"
+            " completion_tokens = ?, cost = ?, latency_s = ?, attempts = ?, done_at = ? WHERE request_hash = ?",
+            (
+                json.dumps(response, ensure_ascii=False),
+                content,
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+                cost,
+                latency_s,
+                attempts,
+                utcnow(),
+                request_hash,
+            ),
+        )
+
+    def call_failed(self, request_hash: str, *, kind: str, error: str, attempts: int) -> None:
+        self.db.execute(
+            "UPDATE calls SET status = 'error', error_kind = ?, error = ?, attempts = ?, done_at = ? WHERE request_hash = ?",
+            (kind, error, attempts, utcnow(), request_hash),
+        )
+
+    def calls(self, annotation_id: str) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM calls WHERE annotation_id = ? ORDER BY sent_at", (annotation_id,)
+        ).fetchall()
+
+    # -- JSONL exchange ---------------------------------------------------------------------
+
+    def lineage(self, ann: Annotation) -> LineageRecord:
+        chunk = self.chunk(ann.chunk_id)
+        task = self.task(ann.task_hash)
+        assert chunk is not None and task is not None  # foreign keys guarantee both
+        doc = self.document(chunk.document_id)
+        assert doc is not None
+        return LineageRecord(annotation=ann, chunk=chunk, document=doc, task=task)
+
+    def import_records(self, records: Iterable[LineageRecord]) -> int:
+        """Merge exported lines into this store; annotations already here are kept. Returns new ones."""
+        added = 0
+        with self.transaction() as db:
+            for rec in records:
+                db.execute(_insert_sql("documents", Document.model_fields), _columns(rec.document))
+                row = _columns(rec.chunk) | {"shard_key": int(rec.chunk.id[:8], 16)}
+                db.execute(_insert_sql("chunks", row), row)
+                db.execute(_insert_sql("tasks", TaskVersion.model_fields), _columns(rec.task))
+                added += db.execute(_insert_sql("annotations", Annotation.model_fields), _columns(rec.annotation)).rowcount
+        return added

@@ -1,0 +1,37 @@
+"""Small builders shared by the annotate tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from annotate.config import JobConfig, load_config
+from annotate.ingest import ChunkingConfig, ingest
+from annotate.store import Store
+
+ZH = [
+    "第二条 个人信息处理者在处理个人信息前，应当告知处理目的和方式。",
+    "员工食堂自下月起调整早餐时间，增设素食窗口。",
+    "第五条 违反本办法处理个人信息的，处一百万元以下罚款。",
+    "本周末登山活动因天气原因取消，请大家留意通知。",
+]
+
+
+def write_docs(folder: Path, texts: list[str] = ZH) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(texts):
+        (folder / f"doc{i:03d}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+def ingested_store(tmp_path: Path, texts: list[str] = ZH) -> Store:
+    store = Store.open(tmp_path / "ws")
+    report = ingest(store, [write_docs(tmp_path / "docs", texts)], config=ChunkingConfig(max_size=200, overlap=0))
+    assert report.failures == []
+    return store
+
+
+def openai_config(base_url: str, **teacher: object) -> JobConfig:
+    overrides = {"teacher.provider": "openai", "teacher.base_url": base_url, "teacher.api_key_env": "FAKE_MOONSHOT_KEY",
+                 "teacher.max_retries": 3, "teacher.backoff_s": 0.01}
+    overrides |= {f"teacher.{k}": v for k, v in teacher.items()}
+    return load_config(None, overrides)
