@@ -61,9 +61,9 @@ def ingest_cmd(ctx: click.Context, paths: tuple[Path, ...], max_size: int, overl
         table.add_row(label, str(value))
     console.print(table)
     for failure in report.failures:
-        console.print(f"[red]failed[/red] {failure.path}: {failure.reason}")
+        console.print(f"[red]failed[/red] {failure.path}: {failure.reason}", soft_wrap=True)
     for warning in report.warnings[:20]:
-        console.print(f"[yellow]warning[/yellow] {warning}")
+        console.print(f"[yellow]warning[/yellow] {warning}", soft_wrap=True)
     if len(report.warnings) > 20:
         console.print(f"[yellow]… {len(report.warnings) - 20} more warnings[/yellow]")
 
@@ -227,7 +227,7 @@ def _print_summary(store: Store, task_name: str, stats: runner.JobStats | None) 
         run.add_row(label, str(value))
     Console().print(run)
     for err in stats.errors:
-        console.print(f"[yellow]{err}[/yellow]")
+        console.print(f"[yellow]{err}[/yellow]", soft_wrap=True)
 
 
 @main.command("status")
@@ -237,7 +237,8 @@ def status_cmd(ctx: click.Context) -> None:
     with _store(ctx) as store:
         totals = store.totals()
         console.print(f"workspace {ctx.obj['workspace']}: {totals['documents']} documents, {totals['chunks']} chunks, "
-                      f"{totals['annotations']} records, {totals['calls']} teacher calls, spent {store.spent():.4f}")
+                      f"{totals['annotations']} records, {totals['calls']} teacher calls, spent {store.spent():.4f}",
+                      soft_wrap=True)
         for name in store.task_names():
             _print_summary(store, name, None)
 

@@ -181,7 +181,7 @@ def _decode(path: Path, data: bytes) -> tuple[str, str]:
 def _plausible_chinese(text: str) -> bool:
     # gb18030 decodes most byte strings without error, turning Latin-1 or broken UTF-8
     # into rare CJK characters. Real GBK text is almost all GB2312-area characters
-    # (two bytes, both 0xA1-0xFE); mojibake is mostly outside it.
+    # (two bytes: lead 0xA1-0xF7, trail 0xA1-0xFE); mojibake is mostly outside it.
     if _BAD_CHARS.search(text):
         return False
     counts = Counter(c for c in text if ord(c) > 0x7F)

