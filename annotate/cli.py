@@ -22,7 +22,7 @@ from .records import LineageRecord
 from .store import Store
 from .tasks import TaskFileError, builtin_names, load_task
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths and errors stay on one greppable line
 DEFAULT_WORKSPACE = os.environ.get("DISTILLERY_WORKSPACE", "workspace")
 
 
@@ -61,9 +61,9 @@ def ingest_cmd(ctx: click.Context, paths: tuple[Path, ...], max_size: int, overl
         table.add_row(label, str(value))
     console.print(table)
     for failure in report.failures:
-        console.print(f"[red]failed[/red] {failure.path}: {failure.reason}", soft_wrap=True)
+        console.print(f"[red]failed[/red] {failure.path}: {failure.reason}")
     for warning in report.warnings[:20]:
-        console.print(f"[yellow]warning[/yellow] {warning}", soft_wrap=True)
+        console.print(f"[yellow]warning[/yellow] {warning}")
     if len(report.warnings) > 20:
         console.print(f"[yellow]… {len(report.warnings) - 20} more warnings[/yellow]")
 
@@ -227,7 +227,7 @@ def _print_summary(store: Store, task_name: str, stats: runner.JobStats | None) 
         run.add_row(label, str(value))
     Console().print(run)
     for err in stats.errors:
-        console.print(f"[yellow]{err}[/yellow]", soft_wrap=True)
+        console.print(f"[yellow]{err}[/yellow]")
 
 
 @main.command("status")
@@ -237,8 +237,7 @@ def status_cmd(ctx: click.Context) -> None:
     with _store(ctx) as store:
         totals = store.totals()
         console.print(f"workspace {ctx.obj['workspace']}: {totals['documents']} documents, {totals['chunks']} chunks, "
-                      f"{totals['annotations']} records, {totals['calls']} teacher calls, spent {store.spent():.4f}",
-                      soft_wrap=True)
+                      f"{totals['annotations']} records, {totals['calls']} teacher calls, spent {store.spent():.4f}")
         for name in store.task_names():
             _print_summary(store, name, None)
 

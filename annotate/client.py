@@ -1,6 +1,6 @@
 """The teacher over HTTP: Kimi (Moonshot) or any OpenAI-compatible chat-completions API.
 
-One shared httpx connection pool, paced by `annotate.ratelimit`; every failure is classified
+Keep-alive httpx connection pools, paced by `annotate.ratelimit`; every failure is classified
 into a `TeacherError` kind, and the retryable kinds are retried with full-jitter exponential
 backoff that honours whatever wait the server asks for.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -19,7 +20,8 @@ from typing import Any
 
 import httpx
 
-from .ratelimit import Limits, RateLimiter, estimate_tokens
+from .accounting import estimate_prompt_tokens
+from .ratelimit import Limits, RateLimiter
 from .teacher import ChatRequest, ChatResult, TeacherError
 
 _log = logging.getLogger(__name__)
@@ -28,12 +30,17 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Header values above this are Unix timestamps (some providers send the reset moment, not a delay).
 _EPOCH_THRESHOLD = 1e9
+# Connections per httpx client. httpcore's pool rescans all its connections, once per idle one, on
+# every request event (O(n^2)); past ~50 connections that CPU cost caps throughput (measured on 2
+# cores against a local server at 200 concurrency: one pool ~30-50 req/s, pools of 25 ~3-6x that).
+# So a high concurrency is spread over several small clients.
+POOL_SIZE = 25
 
 
 def backoff_s(retry: int, base: float, cap: float) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**retry)], so that workers that failed
     together do not come back together."""
-    return random.uniform(0.0, min(cap, base * 2.0**retry))
+    return random.uniform(0.0, min(cap, base * 2.0 ** min(retry, 64)))  # 2.0**1024 overflows
 
 
 def _seconds(value: str, now: float) -> float | None:
@@ -125,8 +132,7 @@ def _check_models(data: dict[str, Any]) -> None:
 
 def _default_estimate(request: ChatRequest) -> int:
     # Prompt text plus the most the model may write: providers budget TPM on both.
-    prompt = sum(estimate_tokens(str(m.get("content") or "")) for m in request.messages)
-    return prompt + request.max_tokens
+    return estimate_prompt_tokens(request.messages) + request.max_tokens
 
 
 class OpenAIChatClient:
@@ -160,10 +166,22 @@ class OpenAIChatClient:
         headers = {"User-Agent": "distillery/0.1"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        # The limiter caps requests in flight at `concurrency`, so a pool of that size never makes
-        # a request wait for a connection; keep-alive saves a TCP+TLS handshake per request.
-        pool = httpx.Limits(max_connections=limits.concurrency, max_keepalive_connections=limits.concurrency)
-        self._http = httpx.AsyncClient(headers=headers, limits=pool, timeout=httpx.Timeout(timeout_s))
+        # The limiter caps requests in flight at `concurrency`, the sum of the pools' sizes, and each
+        # attempt takes a pool with a free connection: no request ever queues inside httpx.
+        # Keep-alive saves a TCP+TLS handshake per request.
+        n_pools = math.ceil(limits.concurrency / POOL_SIZE)
+        sizes = [limits.concurrency // n_pools + (i < limits.concurrency % n_pools) for i in range(n_pools)]
+        tls = httpx.create_ssl_context()  # loading the CA bundle once, not once per pool
+        self._pools = [
+            httpx.AsyncClient(
+                headers=headers,
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                timeout=httpx.Timeout(timeout_s),
+                verify=tls,
+            )
+            for size in sizes
+        ]
+        self._free = sizes  # free connections per pool
 
     def __repr__(self) -> str:
         key = "set" if self._api_key else "none"
@@ -190,7 +208,8 @@ class OpenAIChatClient:
         return [str(m["id"]) for m in data["data"] if isinstance(m, dict) and "id" in m]
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
 
     async def _call(
         self,
@@ -255,7 +274,7 @@ class OpenAIChatClient:
             # Besides httpx's per-read timeout, a deadline for the whole exchange: a server that
             # trickles keep-alive bytes (DeepSeek under load) would otherwise never time out.
             async with asyncio.timeout(self._timeout_s):
-                response = await self._http.request(method, self.base_url + path, json=body)
+                response = await self._request(method, path, body)
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise TeacherError("timeout", f"no answer within {self._timeout_s:g}s ({type(exc).__name__})") from exc
         except httpx.DecodingError as exc:
@@ -272,6 +291,14 @@ class OpenAIChatClient:
         if not isinstance(data, dict):
             raise TeacherError("malformed", "2xx body is not a JSON object", status=response.status_code)
         return data
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+        index = max(range(len(self._pools)), key=self._free.__getitem__)  # the least busy pool
+        self._free[index] -= 1
+        try:
+            return await self._pools[index].request(method, self.base_url + path, json=body)
+        finally:
+            self._free[index] += 1
 
     def _redact(self, err: TeacherError) -> TeacherError:
         """The same error with the API key blanked out, should a server or proxy echo it back."""

@@ -7,7 +7,7 @@ model's context length, records every request, and injects faults on demand:
     with FakeMoonshot() as server:
         server.inject("429", "reset")          # the next two chat requests, in arrival order
         ... base_url=server.base_url ...
-    # or put "[[FAULT:500]]" in a user message: every request carrying it fails that way
+    # or put "[[FAULT:500]]" in a message: every request carrying it fails that way
 
 Run it alone with `python -m annotate.fakeserver --port 8765 --latency 1 --rpm 200`.
 """
@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .ratelimit import estimate_tokens
+from .accounting import estimate_tokens
 
 __all__ = ["FAULTS", "FakeMoonshot", "estimate_tokens", "main", "truncate_tokens"]
 
@@ -154,6 +154,7 @@ class FakeMoonshot:
         rpm_retry_after: bool = False,
         models: dict[str, int] | None = None,
         host: str = "127.0.0.1",
+        keep_requests: bool = True,
     ) -> None:
         self.latency_s = latency_s
         self.rpm = rpm
@@ -164,6 +165,7 @@ class FakeMoonshot:
         self.window_s = window_s  # shorter than 60 s only so tests can watch a window expire
         self.rpm_retry_after = rpm_retry_after
         self.models = dict(models or DEFAULT_MODELS)
+        self.keep_requests = keep_requests  # off for long benchmark runs: the records hold every body
         self._lock = threading.Lock()
         self._faults: deque[str] = deque()
         self._requests: list[dict[str, Any]] = []
@@ -247,8 +249,9 @@ class FakeMoonshot:
         record: dict[str, Any] = {
             "time": time.monotonic(), "method": method, "path": path, "body": body, "status": None, "fault": None,
         }  # fmt: skip
-        with self._lock:
-            self._requests.append(record)
+        if self.keep_requests:
+            with self._lock:
+                self._requests.append(record)
 
         if self.api_key is not None and h.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._error(h, record, 401, "invalid_authentication_error", "Invalid Authentication")
@@ -278,8 +281,10 @@ class FakeMoonshot:
         messages: list[dict[str, Any]] = body["messages"]
         with self._lock:
             scripted = self._faults.popleft() if self._faults else None
-        last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
-        trigger = _TRIGGER.search(last_user)
+        # Any message, latest first: a re-ask (answer + correction appended) still carries the
+        # chunk's trigger, so a chunk made to fail keeps failing however it is asked.
+        triggers = (_TRIGGER.search(_text(m.get("content"))) for m in reversed(messages) if isinstance(m, dict))
+        trigger = next((t for t in triggers if t), None)
         fault = trigger.group(1) if trigger else scripted
         record["fault"] = fault
         if fault is not None and fault not in FAULTS:
@@ -437,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         labels=args.labels.split(","),
         rpm_retry_after=args.retry_after,
         host=args.host,
+        keep_requests=False,
     )
     with server:
         print(f"fake Moonshot API at {server.base_url} (Ctrl-C to stop)", flush=True)

@@ -10,7 +10,6 @@ allows, because we also run a little under the limit (`headroom`).
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,15 +40,6 @@ TIERS: dict[str, Limits] = {
         "tier5": (1000, 10000, 5_000_000),
     }.items()
 }
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count: one per non-ASCII (CJK) character, one per four ASCII characters.
-
-    Real tokenizers pack Chinese tighter than this, so it errs high: the safe side for a TPM budget.
-    """
-    ascii_chars = sum(1 for ch in text if ch.isascii())
-    return math.ceil(ascii_chars / 4 + (len(text) - ascii_chars))
 
 
 class TokenBucket:

@@ -336,7 +336,6 @@ def build_teacher(config: JobConfig, on_retry: Callable[[TeacherError], None] | 
         backoff_base_s=t.backoff_s,
         timeout_s=t.timeout_s,
         on_retry=on_retry,
-        estimate_tokens=lambda req: estimate_prompt_tokens(req.messages) + req.max_tokens // 4,
     )
 
 

@@ -15,18 +15,19 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 # Every weight we use is on disk; never let a load wander off to the Hub. huggingface_hub reads
 # this once at import, so it only helps if nothing imported it before us; the
 # `local_files_only=True` on every from_pretrained below is what actually guarantees it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
-from transformers import (  # noqa: E402
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
@@ -131,19 +132,18 @@ def embedded_model_dir(cache_dir: Path | None = None) -> Path:
 
 
 def _earliest_stop(prefix: str, text: str, stops: list[str]) -> tuple[int, str] | None:
-    """(cut index in `text`, stop string) of the stop string that ends first inside `text`.
+    """(cut index in `text`, stop string) for the first stop string in the generated text.
 
     Searched in prefix + text so a stop string that starts in the assistant prefix and ends in
     the generated text is caught as generate() catches it; occurrences wholly inside the prefix
     are not stops.
     """
     full = prefix + text
-    best: tuple[int, str] | None = None
-    for stop in stops:
-        at = full.find(stop, max(0, len(prefix) - len(stop) + 1))
-        if at >= 0 and (best is None or at < best[0] + len(prefix)):
-            best = (max(0, at - len(prefix)), stop)
-    return best
+    found = [(at, stop) for stop in stops if (at := full.find(stop, max(0, len(prefix) - len(stop) + 1))) >= 0]
+    if not found:
+        return None
+    at, stop = min(found, key=lambda hit: hit[0])
+    return max(0, at - len(prefix)), stop
 
 
 class ModelRuntime:
@@ -159,6 +159,9 @@ class ModelRuntime:
         self.tokenizer = tokenizer
         self.device = device
         self.quantization: Quantization = quantization
+        # Fast tokenizers keep padding settings as state on the shared Rust object: an encode on
+        # a caller's thread could switch padding off under the worker's batch encode.
+        self._tokenizer_lock = threading.Lock()
         self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
         eos = model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
@@ -217,7 +220,8 @@ class ModelRuntime:
 
     def _encode(self, text: str) -> list[int]:
         # Templated text already carries its special tokens; adding BOS again would change it.
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        with self._tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def footprint_bytes(self) -> int:
         return int(self.model.get_memory_footprint())
@@ -234,7 +238,9 @@ class ModelRuntime:
         if len(prefixes) != len(batch):
             raise ValueError("assistant_prefix needs one entry per conversation")
         prompts = [self.apply_chat_template(m) + p for m, p in zip(batch, prefixes)]
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        with self._tokenizer_lock:
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(self.device)
         sampling = config.temperature > 0
         kwargs: dict[str, Any] = {}
         if sampling:
@@ -254,9 +260,7 @@ class ModelRuntime:
         )
         new_tokens = out[:, enc.input_ids.shape[1] :].tolist()
         prompt_lens = enc.attention_mask.sum(dim=1).tolist()
-        return [
-            self._finish(ids, n, prefix, config.stop) for ids, n, prefix in zip(new_tokens, prompt_lens, prefixes)
-        ]
+        return [self._finish(ids, n, prefix, config.stop) for ids, n, prefix in zip(new_tokens, prompt_lens, prefixes)]
 
     def _finish(self, ids: list[int], prompt_tokens: int, prefix: str, stops: list[str]) -> Generation:
         used = next((i for i, t in enumerate(ids) if t in self._end_ids), len(ids))
@@ -300,8 +304,11 @@ class ModelRuntime:
         logprobs = logits[:, :-1].float().log_softmax(-1)  # column j predicts token length - width + j
         scores = []
         for row, cont in zip(logprobs, conts):
+            if not cont:
+                scores.append(0.0)
+                continue
             target = torch.tensor(cont, device=self.device).unsqueeze(-1)
-            scores.append(row[width - len(cont) :].gather(-1, target).sum().item() if cont else 0.0)
+            scores.append(row[width - len(cont) :].gather(-1, target).sum().item())
         return scores
 
 
@@ -314,6 +321,7 @@ class BatcherStats:
     batches: int = 0
     requests: int = 0
     sizes: Counter[int] = field(default_factory=Counter)  # batch size -> how many batches
+    waiting: int = 0  # requests queued right now
 
     @property
     def mean_size(self) -> float:
@@ -323,9 +331,9 @@ class BatcherStats:
 @dataclass
 class _Job:
     key: object  # jobs with equal keys may share one generate() call; None never shares
-    future: concurrent.futures.Future[Any]
-    arrived: float
-    messages: list[dict] | None = None
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    arrived: float = 0.0  # monotonic time it was queued
+    messages: list[dict] = field(default_factory=list)
     config: GenerationConfig | None = None
     prefix: str = ""
     call: Callable[[ModelRuntime], Any] | None = None
@@ -356,24 +364,21 @@ class Batcher:
     @property
     def stats(self) -> BatcherStats:
         with self._cond:
-            return BatcherStats(self._stats.batches, self._stats.requests, Counter(self._stats.sizes))
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self._pending)
+            return BatcherStats(
+                self._stats.batches, self._stats.requests, Counter(self._stats.sizes), len(self._pending)
+            )
 
     def submit(
         self, messages: list[dict], config: GenerationConfig, *, assistant_prefix: str | None = None
     ) -> concurrent.futures.Future[Generation]:
         # Rows with and without a prefix mix freely (an empty prefix is no prefix), so the
         # config alone decides who can share a batch.
-        return self._enqueue(
-            _Job(config, concurrent.futures.Future(), 0.0, messages, config, assistant_prefix or "")
-        )
+        job = _Job(key=config, messages=messages, config=config, prefix=assistant_prefix or "")
+        return self._enqueue(job)
 
     def call(self, fn: Callable[[ModelRuntime], T]) -> concurrent.futures.Future[T]:
         """Run fn(runtime) on the worker thread, alone, in queue order (e.g. score_continuations)."""
-        return self._enqueue(_Job(None, concurrent.futures.Future(), 0.0, call=fn))
+        return self._enqueue(_Job(key=None, call=fn))
 
     def _enqueue(self, job: _Job) -> concurrent.futures.Future[Any]:
         with self._cond:
@@ -444,7 +449,7 @@ class Batcher:
         assert config is not None
         try:
             results = self.runtime.generate(
-                [j.messages or [] for j in jobs], config, assistant_prefix=[j.prefix for j in jobs]
+                [j.messages for j in jobs], config, assistant_prefix=[j.prefix for j in jobs]
             )
         except Exception as exc:
             if len(jobs) == 1:
@@ -452,9 +457,7 @@ class Batcher:
                 return
             # One bad request must not fail its batch-mates: run each alone to isolate it.
             for job in jobs:
-                self._settle(
-                    job, lambda rt, j=job: rt.generate([j.messages or []], config, assistant_prefix=[j.prefix])[0]
-                )
+                self._settle(job, lambda rt, j=job: rt.generate([j.messages], config, assistant_prefix=[j.prefix])[0])
             return
         for job, result in zip(jobs, results):
             job.future.set_result(result)

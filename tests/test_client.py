@@ -248,6 +248,21 @@ def test_concurrency_cap_seen_by_the_server() -> None:
         assert s.max_in_flight == 3
 
 
+def test_high_concurrency_spreads_over_pools() -> None:
+    with FakeMoonshot(latency_s=0.3) as s:
+
+        async def main() -> list[ChatResult]:
+            c = client(s, limits=Limits(concurrency=60))  # three httpx pools of 20
+            try:
+                return await asyncio.gather(*(c.complete(request(str(i))) for i in range(120)))
+            finally:
+                await c.aclose()
+
+        results = asyncio.run(main())
+        assert len(results) == 120 and all(r.attempts == 1 for r in results)
+        assert s.max_in_flight == 60
+
+
 def test_rpm_paces_the_starts_the_server_sees() -> None:
     with FakeMoonshot() as s:
 

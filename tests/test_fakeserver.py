@@ -133,6 +133,12 @@ def test_trigger_applies_to_every_request_carrying_it(server: FakeMoonshot) -> N
     for _ in range(3):
         assert post(server, chat_body("chunk 7 [[FAULT:502]]")).status_code == 502
     assert post(server, chat_body("chunk 8")).status_code == 200
+    reask = chat_body("chunk 9 [[FAULT:bad-format]]")
+    reask["messages"] += [
+        {"role": "assistant", "content": "相关"},
+        {"role": "user", "content": "Use conclusion####reasons."},
+    ]
+    assert "####" not in post(server, reask).json()["choices"][0]["message"]["content"]
 
 
 def test_body_faults(server: FakeMoonshot) -> None:
@@ -225,3 +231,9 @@ def test_fault_names_and_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0 and "--rpm" in capsys.readouterr().out
+
+
+def test_recording_can_be_turned_off_for_long_runs() -> None:
+    with FakeMoonshot(keep_requests=False) as s:
+        assert post(s, chat_body()).status_code == 200
+        assert s.requests == [] and s.chat_hashes() == []

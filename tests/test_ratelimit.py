@@ -11,7 +11,8 @@ from collections import deque
 import pytest
 from pydantic import ValidationError
 
-from annotate.ratelimit import TIERS, Limits, RateLimiter, TokenBucket, estimate_tokens, pacing_bucket
+from annotate.accounting import estimate_tokens
+from annotate.ratelimit import TIERS, Limits, RateLimiter, TokenBucket, pacing_bucket
 
 
 def test_tiers_are_moonshots_published_limits() -> None:
