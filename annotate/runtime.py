@@ -266,6 +266,9 @@ class ModelRuntime:
         used = next((i for i, t in enumerate(ids) if t in self._end_ids), len(ids))
         text = self.tokenizer.decode(ids[:used], skip_special_tokens=True)
         finish: Literal["stop", "length"] = "stop" if used < len(ids) else "length"
+        if finish == "length":
+            # A cut can fall inside a multi-byte character, which decodes to U+FFFD.
+            text = text.rstrip("\ufffd")
         # generate() stops a row at a stop string but keeps it, and only sees stop strings that
         # end on the last token; the text check trims, and catches any it missed.
         hit = _earliest_stop(prefix, text, stops)
