@@ -104,3 +104,41 @@ class LineageRecord(BaseModel):
     chunk: Chunk
     document: Document
     task: TaskVersion
+
+
+class TrainingExample(BaseModel):
+    """One approved record, ready for tuning: what `qc export` writes and `finetune prepare` reads.
+
+    `output` is the training target `conclusion####reasoning`, with a reviewer's correction
+    applied when there was one. The ids trace it back to its document, chunk, task and review.
+    """
+
+    annotation_id: str
+    task_name: str
+    task_hash: str
+    step: Step
+    document_id: str
+    document_path: str
+    chunk_id: str
+    instruction: str  # the task's student instruction (rendered, question included for QA answers)
+    input: str  # the source text the student reads
+    conclusion: str
+    reasoning: str
+    corrected: bool = False  # a reviewer fixed the teacher's answer
+    reviewer: str | None = None  # who approved it (None: approved with the lot, not sampled)
+    teacher_model: str | None = None
+
+    @property
+    def output(self) -> str:
+        return f"{self.conclusion}{SEPARATOR}{self.reasoning}"
+
+
+class PreferencePair(BaseModel):
+    """A reviewer's fix as a DPO pair: chosen = the corrected answer, rejected = the teacher's."""
+
+    annotation_id: str
+    instruction: str
+    input: str
+    chosen: str
+    rejected: str
+    reviewer: str
