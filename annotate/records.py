@@ -142,3 +142,69 @@ class PreferencePair(BaseModel):
     chosen: str
     rejected: str
     reviewer: str
+
+
+# -- quality control (stage qc) ---------------------------------------------------------------
+
+Verdict = Literal["accept", "reject", "fix", "skip"]
+VERDICTS: tuple[str, ...] = ("accept", "reject", "fix")  # the decisions; "skip" only moves the cursor
+
+
+class Flag(BaseModel):
+    """What an automatic check found on one record. A flag marks a record; nothing is deleted."""
+
+    annotation_id: str
+    kind: str  # e.g. "grounding", "duplicate_answer", "judge_low" (see qc.checks.FLAG_KINDS)
+    detail: str  # in words, for the reviewer
+    related_id: str | None = None  # the record this one duplicates
+    score: float | None = None  # the measured value: grounding share, Jaccard, judge score
+    created_at: str = Field(default_factory=utcnow)
+
+
+class Judgement(BaseModel):
+    """An LLM judge's 1-10 score of one record; its raw answer is in the calls ledger."""
+
+    annotation_id: str
+    model: str
+    score: int | None  # None: the judge's answer could not be read (see reason)
+    reason: str
+    request_hash: str | None = None
+    created_at: str = Field(default_factory=utcnow)
+
+
+class Sample(BaseModel):
+    """A drawn review sample: the lot it was drawn from, how, and the plan that decides the lot."""
+
+    id: int | None = None  # assigned by the store
+    name: str
+    tasks: list[str]
+    spec: dict[str, Any]  # how it was drawn (qc.sampling.SampleSpec)
+    plan: dict[str, Any]  # what decides the lot (qc.sampling.Plan)
+    lot_size: int
+    size: int
+    created_at: str = Field(default_factory=utcnow)
+
+
+class SampleItem(BaseModel):
+    sample_id: int
+    position: int  # 1-based review order
+    annotation_id: str
+    stratum: str  # the label, document or task it was drawn from ("all" for simple random)
+
+
+class Review(BaseModel):
+    """One verdict as given, append-only: a changed mind is a new row, the old one stays."""
+
+    id: int | None = None  # assigned by the store; later ids win
+    sample_id: int | None = None
+    annotation_id: str
+    reviewer: str
+    verdict: Verdict
+    reason: str | None = None  # category, required for reject (qc.review.REASONS)
+    note: str | None = None
+    conclusion: str | None = None  # fix: the corrected answer
+    reasoning: str | None = None
+    original_conclusion: str | None = None  # the teacher's answer as the reviewer saw it
+    original_reasoning: str | None = None
+    source: str = "screen"  # "screen" or "sheet:<file name>"
+    created_at: str = Field(default_factory=utcnow)

@@ -148,7 +148,8 @@ class Job:
             guide=Guide(labels=labels) if labels else None,
         )
 
-    async def _call(self, ann: Annotation, request: ChatRequest) -> tuple[str, ChatResult]:
+    async def call(self, ann: Annotation, request: ChatRequest) -> tuple[str, ChatResult]:
+        """Send `request` for `ann` unless its answer is stored; budget, ledger and limits apply."""
         h = request.request_hash()
         row = self.store.answered_call(h)
         if row is not None:
@@ -208,7 +209,7 @@ class Job:
         error = ""
         for _ in range(self.task.spec.contract.max_reasks + 1):
             try:
-                h, result = await self._call(ann, self._request(messages, ann.step))
+                h, result = await self.call(ann, self._request(messages, ann.step))
             except TeacherError as exc:
                 if exc.fatal:
                     raise JobStopped(_fatal_advice(exc)) from exc

@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from .records import Annotation, Chunk, Document, LineageRecord, TaskVersion, utcnow
+from .records import (
+    Annotation,
+    Chunk,
+    Document,
+    Flag,
+    Judgement,
+    LineageRecord,
+    Review,
+    Sample,
+    SampleItem,
+    TaskVersion,
+    utcnow,
+)
 
 DB_NAME = "distillery.db"
 
@@ -56,6 +68,40 @@ CREATE TABLE IF NOT EXISTS calls (
     attempts INTEGER, sent_at TEXT NOT NULL, done_at TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_annotation ON calls(annotation_id);
+-- qc: what the automatic checks found (recomputed by each check run; records are never deleted).
+CREATE TABLE IF NOT EXISTS flags (
+    annotation_id TEXT NOT NULL REFERENCES annotations(id), kind TEXT NOT NULL, detail TEXT NOT NULL,
+    related_id TEXT, score REAL, created_at TEXT NOT NULL, PRIMARY KEY (annotation_id, kind)
+);
+CREATE INDEX IF NOT EXISTS flags_kind ON flags(kind);
+-- qc: LLM-as-judge scores; the judge's raw answers are in calls (request_hash).
+CREATE TABLE IF NOT EXISTS judgements (
+    annotation_id TEXT NOT NULL REFERENCES annotations(id), model TEXT NOT NULL, score INTEGER,
+    reason TEXT NOT NULL, request_hash TEXT, created_at TEXT NOT NULL, PRIMARY KEY (annotation_id, model)
+);
+-- qc: a drawn sample, the lot it was drawn from (a snapshot), and its items in review order.
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, tasks TEXT NOT NULL, spec TEXT NOT NULL,
+    plan TEXT NOT NULL, lot_size INTEGER NOT NULL, size INTEGER NOT NULL, created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sample_lot (
+    sample_id INTEGER NOT NULL REFERENCES samples(id), annotation_id TEXT NOT NULL REFERENCES annotations(id),
+    PRIMARY KEY (sample_id, annotation_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sample_items (
+    sample_id INTEGER NOT NULL REFERENCES samples(id), position INTEGER NOT NULL,
+    annotation_id TEXT NOT NULL REFERENCES annotations(id), stratum TEXT NOT NULL,
+    PRIMARY KEY (sample_id, position), UNIQUE (sample_id, annotation_id)
+);
+-- qc: every verdict as given, append-only (a changed mind is a new row; the latest wins).
+CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sample_id INTEGER REFERENCES samples(id),
+    annotation_id TEXT NOT NULL REFERENCES annotations(id), reviewer TEXT NOT NULL, verdict TEXT NOT NULL,
+    reason TEXT, note TEXT, conclusion TEXT, reasoning TEXT, original_conclusion TEXT, original_reasoning TEXT,
+    source TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_annotation ON reviews(annotation_id);
+CREATE INDEX IF NOT EXISTS reviews_sample_reviewer ON reviews(sample_id, reviewer);
 """
 
 _JSON_COLUMNS = {"meta", "params"}
@@ -373,3 +419,123 @@ class Store:
                 db.execute(_insert_sql("tasks", TaskVersion.model_fields), _columns(rec.task))
                 added += db.execute(_insert_sql("annotations", Annotation.model_fields), _columns(rec.annotation)).rowcount
         return added
+
+    # -- qc: flags, judgements, samples, reviews ----------------------------------------------
+    # Id lists travel as one JSON array (json_each): no limit on how many, one statement.
+
+    def annotation_count(self, *, task_names: Collection[str], steps: Collection[str], statuses: Collection[str]) -> int:
+        return self.db.execute(
+            "SELECT COUNT(*) FROM annotations WHERE task_name IN (SELECT value FROM json_each(?))"
+            " AND step IN (SELECT value FROM json_each(?)) AND status IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(task_names)), json.dumps(list(steps)), json.dumps(list(statuses))),
+        ).fetchone()[0]
+
+    def replace_flags(self, flags: Iterable[Flag], *, task_names: Collection[str], kinds: Collection[str]) -> int:
+        """Swap in a check run's findings: the `kinds` flags of the tasks' records, in one transaction."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM flags WHERE kind IN (SELECT value FROM json_each(?)) AND annotation_id IN"
+                " (SELECT id FROM annotations WHERE task_name IN (SELECT value FROM json_each(?)))",
+                (json.dumps(list(kinds)), json.dumps(list(task_names))),
+            )
+            sql = _insert_sql("flags", Flag.model_fields, "INSERT OR REPLACE")
+            return sum(db.execute(sql, flag.model_dump()).rowcount for flag in flags)
+
+    def flags(self, *, task_names: Collection[str] | None = None) -> dict[str, list[Flag]]:
+        """Flags by record id, of the given tasks' records (all when None)."""
+        sql, args = "SELECT f.* FROM flags f", []
+        if task_names is not None:
+            sql += " JOIN annotations a ON a.id = f.annotation_id WHERE a.task_name IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(list(task_names)))
+        out: dict[str, list[Flag]] = {}
+        for row in self.db.execute(sql + " ORDER BY f.annotation_id, f.kind", args):
+            out.setdefault(row["annotation_id"], []).append(_row_to(Flag, row))
+        return out
+
+    def put_judgements(self, judgements: Iterable[Judgement]) -> None:
+        sql = _insert_sql("judgements", Judgement.model_fields, "INSERT OR REPLACE")
+        with self.transaction() as db:
+            for j in judgements:
+                db.execute(sql, j.model_dump())
+
+    def judgements(self, *, task_names: Collection[str] | None = None) -> dict[str, list[Judgement]]:
+        sql, args = "SELECT j.* FROM judgements j", []
+        if task_names is not None:
+            sql += " JOIN annotations a ON a.id = j.annotation_id WHERE a.task_name IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(list(task_names)))
+        out: dict[str, list[Judgement]] = {}
+        for row in self.db.execute(sql + " ORDER BY j.annotation_id, j.created_at", args):
+            out.setdefault(row["annotation_id"], []).append(_row_to(Judgement, row))
+        return out
+
+    def create_sample(self, sample: Sample, *, lot: Iterable[str], items: Iterable[tuple[str, str]]) -> Sample:
+        """Store a sample with its lot snapshot and its (annotation id, stratum) items in review order."""
+        data = sample.model_dump(exclude={"id"})
+        for key in ("tasks", "spec", "plan"):
+            data[key] = json.dumps(data[key], ensure_ascii=False, sort_keys=True)
+        with self.transaction() as db:
+            sample_id = db.execute(_insert_sql("samples", data, "INSERT"), data).lastrowid
+            db.executemany("INSERT INTO sample_lot VALUES (?, ?)", ((sample_id, a) for a in lot))
+            db.executemany(
+                "INSERT INTO sample_items VALUES (?, ?, ?, ?)",
+                ((sample_id, pos, a, stratum) for pos, (a, stratum) in enumerate(items, 1)),
+            )
+        return sample.model_copy(update={"id": sample_id})
+
+    def _sample(self, row: sqlite3.Row) -> Sample:
+        data = dict(row)
+        for key in ("tasks", "spec", "plan"):
+            data[key] = json.loads(data[key])
+        return Sample(**data)
+
+    def sample(self, name: str) -> Sample | None:
+        row = self.db.execute("SELECT * FROM samples WHERE name = ?", (name,)).fetchone()
+        return self._sample(row) if row else None
+
+    def samples(self) -> list[Sample]:
+        return [self._sample(r) for r in self.db.execute("SELECT * FROM samples ORDER BY id")]
+
+    def sample_items(self, sample_id: int) -> list[SampleItem]:
+        rows = self.db.execute("SELECT * FROM sample_items WHERE sample_id = ? ORDER BY position", (sample_id,))
+        return [_row_to(SampleItem, r) for r in rows]
+
+    def sample_lot(self, sample_id: int) -> list[str]:
+        rows = self.db.execute("SELECT annotation_id FROM sample_lot WHERE sample_id = ? ORDER BY annotation_id", (sample_id,))
+        return [r[0] for r in rows]
+
+    def add_review(self, review: Review) -> Review:
+        """Record one verdict; committed before this returns (the store runs in autocommit)."""
+        data = review.model_dump(exclude={"id"})
+        review_id = self.db.execute(_insert_sql("reviews", data, "INSERT"), data).lastrowid
+        return review.model_copy(update={"id": review_id})
+
+    def add_reviews(self, reviews: Iterable[Review]) -> int:
+        """Record many verdicts all or nothing (a spreadsheet import). Returns how many."""
+        added = 0
+        with self.transaction() as db:
+            for review in reviews:
+                data = review.model_dump(exclude={"id"})
+                db.execute(_insert_sql("reviews", data, "INSERT"), data)
+                added += 1
+        return added
+
+    def reviews(
+        self,
+        *,
+        sample_id: int | None = None,
+        reviewer: str | None = None,
+        annotation_ids: Collection[str] | None = None,
+    ) -> list[Review]:
+        """Verdicts in the order given (oldest first), filtered."""
+        where, args = ["1 = 1"], []
+        if sample_id is not None:
+            where.append("sample_id = ?")
+            args.append(sample_id)
+        if reviewer is not None:
+            where.append("reviewer = ?")
+            args.append(reviewer)
+        if annotation_ids is not None:
+            where.append("annotation_id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(list(annotation_ids)))
+        rows = self.db.execute(f"SELECT * FROM reviews WHERE {' AND '.join(where)} ORDER BY id", args)
+        return [_row_to(Review, r) for r in rows]

@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs")
     parser.add_argument("--rpm", type=int, default=600)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # figures appear as they come, also when piped
     os.environ["BENCH_KEY"] = KEY
     rate = bench_rate(args.rpm, 30 if args.quick else 90)
     naive = bench_naive(10 if args.quick else 20)
