@@ -1,2 +1,314 @@
-def main() -> None:
-    raise SystemExit("not built yet")
+"""`distill-finetune`: a thin shell over the finetune library (prepare, check, train, export, eval)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .check import CheckReport
+from .config import MERGED_DIR, RunOptions, build_config, defaults, load_overrides, read_run, write_run
+from .evaluate import EvalReport
+from .workspace import DEFAULT_MODEL, DEFAULT_SYSTEM, EMBEDDED, FinetuneError, Layout, Manifest
+
+console = Console(stderr=True, soft_wrap=True)  # paths and errors stay on one greppable line
+out = Console()  # tables: the results, on stdout
+DEFAULT_WORKSPACE = os.environ.get("DISTILLERY_WORKSPACE", "workspace")
+BASE_MODEL = os.environ.get("DISTILLERY_BASE_MODEL", DEFAULT_MODEL)
+MODEL_HELP = f"Local model dir or hub id, or '{EMBEDDED}' for the bundled SmolLM2-135M (CPU-sized)."
+
+
+def _layout(ctx: click.Context) -> Layout:
+    return Layout(ctx.obj["workspace"])
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKSPACE,
+              show_default=True, help="Workspace directory. Env: DISTILLERY_WORKSPACE.")
+@click.pass_context
+def main(ctx: click.Context, workspace: Path) -> None:
+    """Tune a model on the approved records with LLaMA-Factory: prepare, train, eval.
+
+    \b
+      distill-finetune prepare --model /models/Qwen2-7B-Instruct   # dataset, split by document, checked
+      distill-finetune train                                       # LoRA, progress bar, merged model
+      distill-finetune eval                                        # base vs tuned on the test split
+    """
+    ctx.ensure_object(dict)["workspace"] = workspace
+
+
+@main.command("prepare")
+@click.option("--approved", type=click.Path(dir_okay=False, path_type=Path),
+              help="Approved records (TrainingExample JSONL) [default: <workspace>/exports/approved.jsonl].")
+@click.option("--preferences", type=click.Path(dir_okay=False, path_type=Path),
+              help="QC corrections as preference pairs [default: <workspace>/exports/preference_pairs.jsonl, if any].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset directory [default: <workspace>/finetune/data].")
+@click.option("--model", default=BASE_MODEL, show_default=True,
+              help=f"The model you will train: its tokenizer measures lengths. {MODEL_HELP} Env: DISTILLERY_BASE_MODEL.")
+@click.option("--format", "fmt", type=click.Choice(["alpaca", "sharegpt"]), default="alpaca", show_default=True)
+@click.option("--file-type", type=click.Choice(["json", "jsonl"]), default="json", show_default=True)
+@click.option("--val", "val_fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of examples for validation (whole documents).")
+@click.option("--test", "test_fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of examples for the held-out test split (whole documents).")
+@click.option("--seed", default=42, show_default=True, help="Seed of the document split.")
+@click.option("--cutoff-len", type=click.IntRange(min=16), default=defaults()["cutoff_len"], show_default=True,
+              help="Training length limit in tokens; longer examples are reported (training truncates them).")
+@click.option("--system", default=DEFAULT_SYSTEM, show_default=True, help="System prompt trained and served with.")
+@click.pass_context
+def prepare_cmd(ctx: click.Context, approved: Path | None, preferences: Path | None, out_dir: Path | None, model: str,
+                fmt: str, file_type: str, val_fraction: float, test_fraction: float, seed: int, cutoff_len: int,
+                system: str) -> None:
+    """Write LLaMA-Factory dataset files from the approved records and check every example.
+
+    Splits train/validation/test by source document (seeded), writes dataset_info.json, and
+    reads everything back through LLaMA-Factory's own loader: an example it would drop fails
+    the command by name. Re-running replaces the dataset only once the new one passes.
+    """
+    from .prepare import PrepareOptions, prepare
+
+    layout = _layout(ctx)
+    default_prefs = layout.preferences if layout.preferences.is_file() else None
+    options = PrepareOptions(format=fmt, file_type=file_type, val_fraction=val_fraction,  # type: ignore[arg-type]
+                             test_fraction=test_fraction, seed=seed, system=system, model=model, cutoff_len=cutoff_len)
+    try:
+        with console.status("preparing…") as status:
+            report = prepare(approved or layout.approved, out_dir or layout.data, options,
+                             preferences=preferences or default_prefs, workspace=layout.workspace,
+                             on_status=lambda msg: status.update(msg))
+    except FinetuneError as exc:
+        raise _fail(exc) from exc
+    table = Table(title=f"dataset {report.data_dir} ({fmt}, {file_type}, seed {seed})")
+    for col in ("split", "examples", "documents", "file"):
+        table.add_column(col, justify="left" if col in ("split", "file") else "right")
+    for split, info in report.splits.items():
+        table.add_row(split, str(info.examples), str(info.documents), info.file)
+    if report.preference is not None:
+        pref = report.preference
+        table.add_row("preference (DPO)", str(pref.examples), str(pref.documents), pref.file)
+    out.print(table)
+    for why, n in report.preference_excluded.items():
+        console.print(f"left out {n} preference pair(s): {why}")
+    for task, labels in report.tasks.items():
+        console.print(f"task {task}: labels {' | '.join(labels.labels) if labels.labels else '(open-ended)'} "
+                      f"[dim]({labels.source})[/dim]")
+    _print_check(report.check)
+    console.print("next: [bold]distill-finetune train[/bold]")
+
+
+def _print_check(check: CheckReport) -> None:
+    total = sum(check.examples.values())
+    console.print(f"[green]checked[/green]: LLaMA-Factory reads all {total} examples; longest {check.longest} tokens "
+                  f"(cutoff_len {check.cutoff_len})")
+    if check.over_cutoff:
+        worst = sorted(check.over_cutoff, key=lambda o: -o.tokens)
+        listed = ", ".join(f"{o.id} ({o.tokens})" for o in worst[:10])
+        console.print(f"[yellow]{len(worst)} example(s) exceed cutoff_len {check.cutoff_len} and will be truncated in "
+                      f"training[/yellow]: {listed}{' …' if len(worst) > 10 else ''}. Raise --cutoff-len, or shorten "
+                      "the chunks (distill-annotate ingest --max-size)")
+
+
+@main.command("check")
+@click.argument("data_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def check_cmd(ctx: click.Context, data_dir: Path | None) -> None:
+    """Re-check a prepared dataset (e.g. after editing its files) through LLaMA-Factory's loader."""
+    from .check import check_dataset
+
+    try:
+        with console.status("checking…") as status:
+            report = check_dataset(data_dir or _layout(ctx).data, on_status=lambda msg: status.update(msg))
+    except FinetuneError as exc:
+        raise _fail(exc) from exc
+    _print_check(report)
+
+
+def _progress(unit: str) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(f"{{task.completed}}/{{task.total}} {unit}"),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console)
+
+
+@main.command("train")
+@click.option("--run", "run_name", help="Run name: its directory is <workspace>/finetune/runs/<run> [default: <stage>-<method>].")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Prepared dataset [default: <workspace>/finetune/data].")
+@click.option("--model", help=f"Base model [default: the one the dataset was prepared for]. {MODEL_HELP}")
+@click.option("--method", type=click.Choice(["lora", "qlora"]), default="lora", show_default=True,
+              help="qlora: 4-bit base weights (bitsandbytes), about a third of the GPU memory.")
+@click.option("--stage", type=click.Choice(["sft", "dpo"]), default="sft", show_default=True,
+              help="dpo: preference pairs from QC corrections, on top of --from-run's merged model.")
+@click.option("--from-run", help="DPO: the SFT run whose merged model to start from.")
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML of LLaMA-Factory keys overriding the defaults (finetune/defaults.yaml).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one LLaMA-Factory key (repeatable).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+              help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU.")
+@click.option("--deepspeed", type=click.Choice(["2", "3"]), help="Use DeepSpeed ZeRO stage 2 or 3 (pip install deepspeed).")
+@click.option("--fresh", is_flag=True, help="Delete the run's checkpoints and train from scratch.")
+@click.option("--merge/--no-merge", default=True, show_default=True, help="Merge the adapter into <run>/merged after training.")
+@click.option("--dry-run", is_flag=True, help="Write train.yaml (and print it); do not train.")
+@click.pass_context
+def train_cmd(ctx: click.Context, run_name: str | None, data_dir: Path | None, model: str | None, method: str,
+              stage: str, from_run: str | None, config_file: Path | None, sets: tuple[str, ...], precision: str,
+              deepspeed: str | None, fresh: bool, merge: bool, dry_run: bool) -> None:
+    """Write the run's LLaMA-Factory YAML and train it with `llamafactory-cli train`.
+
+    Re-running the same command resumes from the last checkpoint; a finished run is not
+    trained again. Multi-GPU: every visible GPU is used (torchrun); add --deepspeed 2.
+    """
+    from .train import LOG_FILE, TrainProgress, last_checkpoint, train
+
+    layout = _layout(ctx)
+    data = data_dir or layout.data
+    run_dir = layout.run(run_name or f"{stage}-{method}")
+    try:
+        manifest = Manifest.load(data)
+        if not manifest.checked:
+            raise FinetuneError(f"{data} failed its last check: fix it and run `distill-finetune check`")
+        if stage == "dpo":
+            if not from_run or model:
+                raise FinetuneError("--stage dpo starts from the merged model of an SFT run: give --from-run NAME "
+                                    "(and no --model)")
+            model = str(layout.run(from_run) / MERGED_DIR)
+            if not Path(model, "config.json").is_file():
+                raise FinetuneError(f"{model} does not exist: export run {from_run} first (distill-finetune export --run {from_run})")
+        options = RunOptions(model=model or manifest.model, method=method, stage=stage, precision=precision,  # type: ignore[arg-type]
+                             deepspeed=int(deepspeed) if deepspeed else None)  # type: ignore[arg-type]
+        with console.status("writing the LLaMA-Factory config…"):
+            config = build_config(options, data_dir=data, manifest=manifest, run_dir=run_dir,
+                                  overrides=load_overrides(config_file, sets))
+            path = write_run(run_dir, config)
+    except FinetuneError as exc:
+        raise _fail(exc) from exc
+    _warn_cutoff(manifest, config["cutoff_len"])
+    console.print(f"run [bold]{run_dir.name}[/bold]: {path}")
+    if dry_run:
+        out.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
+        return
+    try:
+        with _progress("steps") as progress:
+            bar = progress.add_task("starting", total=None, info="")
+
+            def update(p: TrainProgress) -> None:
+                info = " · ".join(part for part in (
+                    f"loss {p.loss:.4f}" if p.loss is not None else "",
+                    f"eval {p.eval_loss:.4f}" if p.eval_loss is not None else "",
+                    f"epoch {p.epoch:.2f}" if p.epoch is not None else "") if part)
+                progress.update(bar, description=p.stage, completed=p.step, total=p.total, info=info)
+
+            result = train(run_dir, fresh=fresh, on_progress=update)
+    except KeyboardInterrupt:
+        last = last_checkpoint(Path(config["output_dir"]))
+        console.print(f"[yellow]stopped[/yellow]; {'kept ' + last.name if last else 'no checkpoint yet'}: "
+                      "run the same command to resume")
+        raise SystemExit(130) from None
+    except FinetuneError as exc:
+        raise _fail(exc) from exc
+    table = Table(title=f"run {run_dir.name}", show_header=False)
+    if result.skipped:
+        console.print("already trained with this exact train.yaml: nothing to do (use --fresh to train again)")
+    for label, value in (("steps", f"{result.steps}/{result.total_steps}"),
+                         ("resumed from", result.resumed_from or "-"),
+                         ("last training loss", f"{result.loss:.4f}" if result.loss is not None else "-"),
+                         ("validation loss", f"{result.eval_loss:.4f}" if result.eval_loss is not None else "-"),
+                         ("time", f"{result.elapsed_s:.0f} s"), ("adapter", str(result.adapter_dir)),
+                         ("log", str(run_dir / LOG_FILE))):
+        table.add_row(label, value)
+    out.print(table)
+    if merge and not (result.skipped and (run_dir / MERGED_DIR / "config.json").is_file()):
+        ctx.invoke(export_cmd, run_name=run_dir.name)
+    console.print(f"next: [bold]distill-finetune eval --run {run_dir.name}[/bold]")
+
+
+def _warn_cutoff(manifest: Manifest, cutoff: int) -> None:
+    lengths = [n for info in manifest.splits.values() for n in info.token_lengths]
+    over = sum(1 for n in lengths if n > cutoff)
+    if over:
+        console.print(f"[yellow]{over} of {len(lengths)} examples exceed cutoff_len {cutoff}[/yellow] and are truncated")
+
+
+@main.command("export")
+@click.option("--run", "run_name", default="sft-lora", show_default=True, help="Run whose adapter to merge.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Target [default: <run>/merged].")
+@click.pass_context
+def export_cmd(ctx: click.Context, run_name: str, out_dir: Path | None = None) -> None:
+    """Merge the run's LoRA adapter into its base model (llamafactory-cli export)."""
+    from .export import export
+
+    try:
+        with console.status(f"merging the adapter of {run_name} (llamafactory-cli export)…"):
+            target = export(_layout(ctx).run(run_name), out_dir=out_dir)
+    except FinetuneError as exc:
+        raise _fail(exc) from exc
+    console.print(f"merged model: [bold]{target}[/bold] (serve loads it; the adapter dir also loads as base + adapter)")
+
+
+@main.command("eval")
+@click.option("--run", "run_name", default="sft-lora", show_default=True, help="Run to evaluate.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Prepared dataset [default: the run's dataset_dir].")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N test examples.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--adapter", "use_adapter", is_flag=True, help="Evaluate base + adapter instead of the merged model.")
+@click.option("--no-base", is_flag=True, help="Skip the base model (tuned only).")
+@click.option("--quantization", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
+              help="Load both models quantized, as serve would.")
+@click.pass_context
+def eval_cmd(ctx: click.Context, run_name: str, data_dir: Path | None, limit: int | None, max_new_tokens: int,
+             batch_size: int, use_adapter: bool, no_base: bool, quantization: str) -> None:
+    """Score base and tuned model on the held-out test split; writes <run>/eval/eval.json."""
+    from .evaluate import Candidate, evaluate, write_report
+
+    run_dir = _layout(ctx).run(run_name)
+    try:
+        settings = read_run(run_dir)
+        base, adapter, merged = settings["model_name_or_path"], settings["output_dir"], run_dir / MERGED_DIR
+        tuned = (Candidate(name="tuned", model=base, adapter=adapter) if use_adapter or not merged.is_dir()
+                 else Candidate(name="tuned", model=str(merged)))
+        candidates = ([] if no_base else [Candidate(name="base", model=base)]) + [tuned]
+        with _progress("examples") as progress:
+            bars: dict[str, TaskID] = {}
+
+            def update(name: str, done: int, total: int) -> None:
+                if name not in bars:
+                    bars[name] = progress.add_task(f"eval {name}", total=total, info="")
+                progress.update(bars[name], completed=done)
+
+            report, predictions = evaluate(Path(data_dir or settings["dataset_dir"]), candidates, limit=limit,
+                                           max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                           quantization=quantization, on_progress=update)
+        path = write_report(report, predictions, run_dir / "eval")
+    except FinetuneError as exc:
+        raise _fail(exc) from exc
+    out.print(render(report))
+    console.print(f"written: {path} (and every answer in predictions-*.jsonl beside it)")
+
+
+def render(report: EvalReport) -> Table:
+    table = Table(title=f"test split: {report.test_examples} examples (max_new_tokens {report.max_new_tokens})")
+    table.add_column("metric")
+    for model in report.models:
+        table.add_column(model.name, justify="right")
+    if len(report.models) == 2:
+        table.add_column("change", justify="right")
+    rows = (("conclusion accuracy", "accuracy", True), ("macro-F1", "macro_f1", True),
+            ("format compliance", "format_compliance", True), ("mean generated tokens", "mean_generated_tokens", False))
+    for label, field, share in rows:
+        values = [getattr(m, field) for m in report.models]
+        cells = ["n/a" if v is None else f"{v:.1%}" if share else f"{v:.1f}" for v in values]
+        if len(values) == 2:
+            a, b = values
+            cells.append("" if a is None or b is None else f"{(b - a) * 100:+.1f} pts" if share else f"{b - a:+.1f}")
+        table.add_row(label, *cells)
+    return table

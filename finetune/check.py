@@ -1,0 +1,210 @@
+"""Read a prepared dataset back through LLaMA-Factory's own loader, converter, processor and template.
+
+LLaMA-Factory skips malformed examples with a log line and trains on the rest (STACK.md), so a
+dataset that "loads" may silently be smaller than the one we wrote. Here every example is run
+through the same code training will run, and any example it would drop, or that breaks the
+`conclusion####reasoning` contract, fails the check by name. The full (untruncated) token length
+of every example is measured with the model's tokenizer and the training template, so examples
+that `cutoff_len` would cut are reported before any GPU time is spent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from annotate.records import SEPARATOR
+
+from .workspace import FinetuneError, Manifest, SplitInfo, resolve_model
+
+MAX_LISTED = 10  # problems named in the error; the rest are counted
+
+
+class DatasetError(FinetuneError):
+    """The prepared dataset would not train as written; the message names the examples."""
+
+    def __init__(self, data_dir: Path, problems: list[str]) -> None:
+        self.problems = problems
+        listed = "; ".join(problems[:MAX_LISTED])
+        more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        super().__init__(f"{data_dir}: {len(problems)} problem(s), it would not train as written: {listed}{more}. "
+                         "Fix them at the source (the approved records) and run prepare again, or fix the file "
+                         "and run `distill-finetune check`")
+
+
+class OverCutoff(BaseModel):
+    split: str
+    id: str
+    tokens: int
+
+
+class CheckReport(BaseModel):
+    examples: dict[str, int]  # dataset name -> examples LLaMA-Factory reads (all of them, or the check fails)
+    cutoff_len: int
+    over_cutoff: list[OverCutoff]
+    longest: int
+
+
+@contextlib.contextmanager
+def _quiet_llamafactory() -> Iterator[None]:
+    """LLaMA-Factory logs every loading step and warns per dropped example; the check reports
+    what matters itself, by name. Levels are restored after: nothing leaks into later work."""
+    import datasets
+    from llamafactory.extras import logging as lf_logging
+
+    lf_logging.get_logger()  # configures LLaMA-Factory's root logger (once), so our level sticks
+    loggers = [logging.getLogger("llamafactory"), logging.getLogger("datasets")]
+    levels = [lg.level for lg in loggers]
+    bars = datasets.is_progress_bar_enabled()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _contract_problem(answer: Any) -> str | None:
+    if not isinstance(answer, str) or not answer.strip():
+        return "its answer is empty"
+    conclusion, sep, _ = answer.partition(SEPARATOR)
+    if not sep:
+        return f"its answer has no '{SEPARATOR}' between conclusion and reasoning"
+    if not conclusion.strip():
+        return f"its answer has an empty conclusion before '{SEPARATOR}'"
+    return None
+
+
+def _example_name(row: dict[str, Any], index: int) -> str:
+    return f"'{row['id']}' (row {index + 1})" if row.get("id") else f"row {index + 1} (no id)"
+
+
+def check_dataset(
+    data_dir: Path, manifest: Manifest | None = None, *, on_status: Callable[[str], None] | None = None
+) -> CheckReport:
+    """Check every split of a prepared dataset; raise DatasetError naming each bad example.
+
+    On success the manifest is saved with `checked: true` and every example's token length.
+    """
+    data_dir = Path(data_dir)
+    manifest = manifest or Manifest.load(data_dir)
+    status = on_status or (lambda _msg: None)
+    status("loading LLaMA-Factory")
+    from datasets import load_dataset
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.data.parser import get_dataset_list
+    from llamafactory.hparams import DataArguments, ModelArguments, TrainingArguments
+    from llamafactory.model import load_tokenizer
+
+    model = resolve_model(manifest.model)
+    with _quiet_llamafactory(), tempfile.TemporaryDirectory(prefix="distillery-check-") as scratch:
+        # A private datasets cache: a hand-edited file is never answered from a stale cache.
+        model_args = ModelArguments(model_name_or_path=model, cache_dir=scratch)
+        training_args = TrainingArguments(output_dir=scratch, report_to="none")
+        status(f"loading the tokenizer of {manifest.model}")
+        try:
+            tokenizer_module = load_tokenizer(model_args)
+        except (OSError, ValueError) as exc:
+            raise FinetuneError(
+                f"cannot load the tokenizer of '{manifest.model}' ({str(exc).splitlines()[0]}): pass --model "
+                "with a local model directory (the one you will train), or `embedded` for SmolLM2"
+            ) from exc
+        tokenizer = tokenizer_module["tokenizer"]
+
+        named = [(split, info, "sft") for split, info in manifest.splits.items()]
+        if manifest.preference is not None:
+            named.append(("preference", manifest.preference, "rm"))  # LLaMA-Factory reads DPO pairs as stage rm
+        problems: list[str] = []
+        over: list[OverCutoff] = []
+        counts: dict[str, int] = {}
+        for split, info, stage in named:
+            data_args = DataArguments(template=manifest.prompt.template, dataset_dir=str(data_dir),
+                                      dataset=info.dataset, cutoff_len=manifest.cutoff_len, overwrite_cache=True)
+            template = get_template_and_fix_tokenizer(tokenizer, data_args)
+            status(f"checking {info.file} through LLaMA-Factory")
+            try:
+                attr = get_dataset_list([info.dataset], str(data_dir))[0]
+                rows = load_dataset("json", data_files=[str(data_dir / attr.dataset_name)], split="train",
+                                    cache_dir=scratch)
+            except Exception as exc:  # datasets raises many types for one cause: the file does not parse
+                problem = f"{info.file}: LLaMA-Factory cannot load it: {str(exc).splitlines()[0]}"
+                raise DatasetError(data_dir, [problem]) from exc
+            lengths, dropped = _check_examples(rows, attr, stage, template, tokenizer, data_args, info, problems)
+            info.token_lengths = lengths
+            over += [OverCutoff(split=split, id=rows[i].get("id") or f"row {i + 1}", tokens=n)
+                     for i, n in enumerate(lengths) if n > manifest.cutoff_len]
+            # The authority: the exact call training makes. It must read every row we wrote.
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints a tokenized example
+                try:
+                    module = get_dataset(template, model_args, data_args, training_args, stage=stage,
+                                         **tokenizer_module)
+                    read = len(module["train_dataset"])
+                except RuntimeError:  # "Cannot find valid samples": it dropped every row
+                    read = 0
+            counts[info.dataset] = read
+            if read != len(rows) and not dropped:
+                problems.append(f"{info.file}: LLaMA-Factory read {read} of {len(rows)} examples")
+
+    if problems:
+        manifest.checked = False
+        manifest.save(data_dir)
+        raise DatasetError(data_dir, problems)
+    manifest.checked = True
+    manifest.save(data_dir)
+    all_lengths = [n for _, info, _ in named for n in info.token_lengths]
+    return CheckReport(examples=counts, cutoff_len=manifest.cutoff_len, over_cutoff=over,
+                       longest=max(all_lengths, default=0))
+
+
+def _check_examples(rows: Any, attr: Any, stage: str, template: Any, tokenizer: Any, data_args: Any, info: SplitInfo,
+                    problems: list[str]) -> tuple[list[int], bool]:
+    """Convert and tokenize each row alone, as LLaMA-Factory would, so a drop has a name.
+
+    Returns the full token length of every row and whether any row was dropped.
+    """
+    from llamafactory.data.converter import get_dataset_converter
+    from llamafactory.data.processor import PairwiseDatasetProcessor, SupervisedDatasetProcessor
+
+    convert = get_dataset_converter(attr.formatting, attr, data_args)
+    processor = (PairwiseDatasetProcessor if stage == "rm" else SupervisedDatasetProcessor)(
+        template=template, tokenizer=tokenizer, processor=None, data_args=data_args)
+    produced = "chosen_input_ids" if stage == "rm" else "input_ids"
+    lengths: list[int] = []
+    dropped = False
+    for index, row in enumerate(rows):
+        name = f"{info.file}: example {_example_name(row, index)}"
+        aligned = convert(row)
+        out = processor.preprocess_dataset({key: [value] for key, value in aligned.items()})
+        prompt, response = aligned["_prompt"], aligned["_response"]
+        if not out[produced]:
+            dropped = True
+            problems.append(f"{name} is dropped by LLaMA-Factory's reader (in {attr.formatting} format it needs "
+                            + ("a user turn then a chosen and a rejected answer" if stage == "rm" else
+                               "one user turn then one assistant answer, as strings") + ")")
+            lengths.append(0)
+            continue
+        if not prompt[-1]["content"].strip():
+            problems.append(f"{name} has an empty prompt (instruction and input are both empty)")
+        problem = _contract_problem(response[0]["content"])  # the answer, or the chosen one of a pair
+        if problem:
+            problems.append(f"{name}: {problem}")
+        if stage == "rm" and not str(response[1]["content"]).strip():
+            problems.append(f"{name}: its rejected answer is empty")
+        # Untruncated length: the longest answer after the prompt, as the processors count it.
+        longest = 0
+        for answer in response[:2] if stage == "rm" else response[:1]:
+            source, target = template.encode_oneturn(tokenizer, prompt + [answer], aligned["_system"], aligned["_tools"])
+            longest = max(longest, len(source) + len(target) + (1 if template.efficient_eos else 0))
+        lengths.append(longest)
+    return lengths, dropped

@@ -1,0 +1,170 @@
+"""The LLaMA-Factory training YAML as data: defaults (defaults.yaml) <- method/stage <- the user's
+file <- `--set key=value`, checked against LLaMA-Factory's own argument names, written beside the
+run so `llamafactory-cli train <run>/train.yaml` re-runs it by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel
+
+from annotate.yamlfile import load_mapping
+
+from .workspace import FinetuneError, Manifest, resolve_model
+
+TRAIN_YAML = "train.yaml"
+ADAPTER_DIR = "adapter"  # LLaMA-Factory's output_dir: checkpoints, trainer_log.jsonl, the final adapter
+MERGED_DIR = "merged"
+DEEPSPEED_FILES = {2: "ds_z2.json", 3: "ds_z3.json"}
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+_EXPONENT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class RunOptions(BaseModel):
+    """What `distill-finetune train` decides; every other key is LLaMA-Factory's, in the YAML."""
+
+    model: str  # a local model dir, a hub id, or `embedded`
+    method: Literal["lora", "qlora"] = "lora"
+    stage: Literal["sft", "dpo"] = "sft"
+    precision: Precision = "auto"
+    deepspeed: Literal[2, 3] | None = None  # put ds_z<N>.json into train.yaml (needs `pip install deepspeed`)
+
+
+@cache
+def _data(name: str) -> dict[str, Any]:
+    text = (resources.files("finetune") / name).read_text(encoding="utf-8")
+    return load_mapping(text, f"finetune/{name}", FinetuneError)
+
+
+def defaults(method: str = "lora", stage: str = "sft") -> dict[str, Any]:
+    """The default LLaMA-Factory keys for a method and stage (a fresh dict: callers may change it)."""
+    data = _data("defaults.yaml")
+    merged = dict(data["sft"])
+    if method == "qlora":
+        merged |= data["qlora"]
+    if stage == "dpo":
+        merged |= data["dpo"]
+    return merged
+
+
+def resolve_precision(precision: Precision) -> dict[str, bool]:
+    """bf16 where the GPU has it (Ampere and later), fp16 on older GPUs, fp32 on a CPU."""
+    if precision == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `2e-4` (no dot) as text, and the quoted '2e-4' we would write back reaches
+    LLaMA-Factory as a string; LLaMA-Factory's own loader (OmegaConf) reads it as a float."""
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()) else value
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """`key=value` pairs; values are read as YAML, so numbers and booleans keep their type."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FinetuneError(f"--set '{item}' is not KEY=VALUE (e.g. --set learning_rate=2e-4)")
+        out[key.strip()] = _number(yaml.safe_load(value)) if value else ""
+    return out
+
+
+def load_overrides(path: Path | None, sets: Sequence[str] = ()) -> dict[str, Any]:
+    """A YAML file of LLaMA-Factory keys, then --set pairs on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise FinetuneError(f"{path}: no such config file")
+        data = {k: _number(v) for k, v in load_mapping(path.read_text(encoding="utf-8"), str(path), FinetuneError).items()}
+    return data | parse_sets(sets)
+
+
+def llamafactory_keys() -> set[str]:
+    """Every key `llamafactory-cli train` accepts (the fields of its argument dataclasses)."""
+    import dataclasses
+
+    from llamafactory.hparams import (
+        DataArguments,
+        FinetuningArguments,
+        GeneratingArguments,
+        ModelArguments,
+        TrainingArguments,
+    )
+
+    classes = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments, GeneratingArguments)
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
+
+
+def build_config(
+    options: RunOptions, *, data_dir: Path, manifest: Manifest, run_dir: Path, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The full LLaMA-Factory YAML for a run, as a dict. Raises FinetuneError on unknown keys."""
+    config = defaults(options.method, options.stage)
+    # The dataset was checked with this template and cutoff: train with the same unless told otherwise.
+    config |= {"template": manifest.prompt.template, "cutoff_len": manifest.cutoff_len}
+    config |= resolve_precision(options.precision)
+    config |= {
+        "model_name_or_path": resolve_model(options.model),
+        "dataset_dir": str(Path(data_dir).resolve()),
+        "output_dir": str((Path(run_dir) / ADAPTER_DIR).resolve()),
+    }
+    if options.stage == "dpo":
+        if manifest.preference is None:
+            raise FinetuneError(f"{data_dir} has no preference dataset (no QC corrections from training documents): "
+                                "DPO needs exported preference pairs")
+        config["dataset"] = manifest.preference.dataset
+    else:
+        config["dataset"] = manifest.splits["train"].dataset
+        if "validation" in manifest.splits:
+            config["eval_dataset"] = manifest.splits["validation"].dataset
+        else:
+            config["eval_strategy"] = "no"
+    if options.deepspeed:
+        config["deepspeed"] = str((Path(run_dir) / DEEPSPEED_FILES[options.deepspeed]).resolve())
+    config |= overrides or {}
+    unknown = sorted(set(config) - llamafactory_keys())
+    if unknown:
+        raise FinetuneError(f"unknown LLaMA-Factory option(s): {', '.join(unknown)} "
+                            "(see `llamafactory-cli train -h` for the names)")
+    return config
+
+
+def deepspeed_config(stage: Literal[2, 3]) -> dict[str, Any]:
+    data = _data("deepspeed.yaml")
+    return data["common"] | {"zero_optimization": data[f"zero{stage}"]}
+
+
+def write_run(run_dir: Path, config: dict[str, Any]) -> Path:
+    """Write train.yaml and the DeepSpeed configs into run_dir; returns the YAML's path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stage, name in DEEPSPEED_FILES.items():
+        (run_dir / name).write_text(json.dumps(deepspeed_config(stage), indent=2) + "\n", encoding="utf-8")
+    path = run_dir / TRAIN_YAML
+    header = ("# Written by `distill-finetune train`. Re-run by hand:  llamafactory-cli train " + str(path) + "\n"
+              "# Multi-GPU (all visible GPUs, DeepSpeed ZeRO-2):  FORCE_TORCHRUN=1 llamafactory-cli train "
+              f"{path} deepspeed={(run_dir / DEEPSPEED_FILES[2]).resolve()}\n")
+    path.write_text(header + yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / TRAIN_YAML
+    if not path.is_file():
+        raise FinetuneError(f"{path} does not exist: run `distill-finetune train` first")
+    return load_mapping(path.read_text(encoding="utf-8"), str(path), FinetuneError)
