@@ -1,0 +1,143 @@
+"""Server configuration as data: a YAML file, then environment variables, then explicit overrides.
+
+    DISTILL_SERVE_CONFIG=serve.yaml             # the YAML file (optional)
+    DISTILL_SERVE_QUANTIZATION=int4             # any top-level field: DISTILL_SERVE_<FIELD>
+    DISTILL_SERVE_BATCHING__MAX_BATCH=32        # nested fields: '__' between the parts
+
+The environment route exists because `gunicorn 'serve.app:create_app()'` takes no arguments:
+everything a production process needs must be expressible without a command line.
+`distill-serve config` prints the effective configuration as YAML.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from annotate.records import SEPARATOR
+from annotate.yamlfile import load_mapping, validate
+
+ENV_PREFIX = "DISTILL_SERVE_"
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
+DEFAULT_API_KEY_ENV = f"{ENV_PREFIX}API_KEY"
+# Headroom of gunicorn threads beyond the requests the batcher may hold: health checks and
+# /metrics scrapes must get a thread even when the queue is full.
+_SPARE_THREADS = 8
+
+
+class ConfigError(ValueError):
+    """A server config that cannot be used; the message names the source and the field."""
+
+
+class Generation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Upper bound for every answer; OpenAI-style requests may ask for fewer, never more.
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0 = greedy: the same prompt, the same answer
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class Batching(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_batch: int = Field(16, ge=1)  # 1 = one request at a time (the old design)
+    max_wait_ms: float = Field(10.0, ge=0)  # how long the first request waits for companions
+    max_queue: int = Field(64, ge=1)  # requests waiting beyond this are refused with 503
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None  # merged model dir, or the base for `adapter`; None = embedded SmolLM2
+    adapter: str | None = None  # LoRA adapter dir (finetune's output) applied on `model`
+    quantization: Literal["none", "int8", "int4"] = "none"
+    device: str = "auto"  # auto = cuda when available, else cpu
+    # torch's intra-op threads; None = torch's default (all cores). On a CPU shared with other
+    # processes, fewer threads than cores avoids OpenMP threads waiting on descheduled peers.
+    torch_threads: int | None = Field(None, ge=1)
+    model_name: str = "distillery"  # what /v1/models and OpenAI responses call the model
+    system_prompt: str | None = None  # prepended to ChatRest conversations (match training)
+    separator: str = Field(SEPARATOR, min_length=1)  # conclusion<sep>reasoning; the early exit
+    generation: Generation = Field(default_factory=Generation)
+    # The whole templated conversation (system + history + prompt), in tokens.
+    max_prompt_tokens: int = Field(2048, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger request bodies get 413 before parsing
+    batching: Batching = Field(default_factory=Batching)
+    timeout_s: float = Field(60.0, gt=0)  # per request, queueing included; then 504
+    # The API key is read from this environment variable; unset or empty = no auth.
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    log_prompts: bool = False  # prompt and answer text in the log (off: ids, sizes, timings only)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
+    def gunicorn_threads(self) -> int:
+        """Threads for the one gunicorn worker: enough that the batcher's bounded queue, not
+        gunicorn's unbounded one, is where excess load waits (and is refused)."""
+        return self.batching.max_queue + self.batching.max_batch + _SPARE_THREADS
+
+    def check(self) -> None:
+        """What must hold before loading, so start-up fails rather than the first request."""
+        if self.adapter is not None and self.model is None:
+            # Applied to the embedded SmolLM2, an adapter trained on Qwen2 would fail obscurely.
+            raise ConfigError("adapter: needs model, the base model dir the adapter was trained on")
+        for name in ("model", "adapter"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_dir():
+                raise ConfigError(f"{name}: {value} is not a directory")
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """DISTILL_SERVE_<FIELD>[__<SUBFIELD>] variables as dotted overrides ("batching.max_batch")."""
+    env = os.environ if environ is None else environ
+    # Not fields: the config file's path, and the default home of the API key itself.
+    skip = {CONFIG_ENV, DEFAULT_API_KEY_ENV}
+    return {
+        key[len(ENV_PREFIX) :].lower().replace("__", "."): value
+        for key, value in env.items()
+        # Empty counts as unset: compose files pass `${VAR:-}` through as "".
+        if key.startswith(ENV_PREFIX) and key not in skip and value != ""
+    }
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> ServeConfig:
+    """YAML file (`path`, else $DISTILL_SERVE_CONFIG), then DISTILL_SERVE_* variables, then
+    `overrides` like {"batching.max_batch": 1} (None values are skipped)."""
+    env = os.environ if environ is None else environ
+    path = path or env.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    origins = []
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file")
+        data = load_mapping(p.read_text(encoding="utf-8"), str(p), ConfigError)
+        origins.append(str(p))
+    from_env = env_overrides(env)
+    if from_env:
+        names = ", ".join(f"{ENV_PREFIX}{k.upper().replace('.', '__')}" for k in from_env)
+        origins.append(f"environment ({names})")
+    for source in (from_env, overrides or {}):
+        for dotted, value in source.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                child = node.setdefault(key, {})
+                if not isinstance(child, dict):
+                    raise ConfigError(f"'{key}' must be a mapping of fields to set '{dotted}' in it")
+                node = child
+            node[leaf] = value
+    if overrides and any(v is not None for v in overrides.values()):
+        origins.append("command line")
+    return validate(ServeConfig, data, " + ".join(origins) or "defaults", ConfigError)

@@ -1,0 +1,128 @@
+"""An OpenAI-compatible `POST /v1/chat/completions` (and `GET /v1/models`) on the same model,
+so apps can use the OpenAI SDK: `OpenAI(base_url="http://host:8000/v1", api_key=...)`.
+
+`stop` is honoured whatever tokens spell it (`"stop": ["####"]` is the early exit here too).
+Not supported, and refused with a 400 rather than silently ignored: `stream`, `n` > 1.
+Sampling fields other than temperature/top_p/seed (penalties, logit_bias...) are ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from flask import Blueprint, Response, g, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from .edge import ApiError, json_type, parse, read_json_object
+from .service import ModelService
+
+PREFIX = "/v1/"
+_EXAMPLE = '{"model": "distillery", "messages": [{"role": "user", "content": "..."}]}'
+_MAX_STOPS = 4  # as OpenAI's API
+
+
+def error_response(err: ApiError) -> Response:
+    """OpenAI's error shape, which the SDK turns into its typed exceptions."""
+    response = jsonify({"error": {"message": err.message, "type": err.kind, "param": None, "code": None}})
+    response.status_code = err.status
+    response.headers.update(err.headers)
+    return response
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> str:
+        """A string, or the SDK's list of parts of which only text parts are understood."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                           and isinstance(p.get("text"), str) for p in value):
+            return "".join(p["text"] for p in value)
+        raise ValueError(f"must be a string or a list of {{\"type\": \"text\", \"text\": ...}} parts, "
+                         f"not {json_type(value)}")
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr | None = None  # any name is accepted: this server has one model
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)  # the SDK's newer name for it
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: list[str] | None = None
+    seed: StrictInt | None = None
+    n: StrictInt = 1
+    stream: StrictBool = False
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> list[str] | None:
+        if value is None:
+            return None
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError("must be a non-empty string or a list of non-empty strings")
+        if len(stops) > _MAX_STOPS:
+            raise ValueError(f"at most {_MAX_STOPS} stop strings")
+        return stops
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _no_stream(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("streaming is not supported; send stream=false (the default)")
+        return value
+
+
+def blueprint(service: ModelService) -> Blueprint:
+    bp = Blueprint("openai", __name__)
+    model_name = service.config.model_name
+
+    @bp.post("/v1/chat/completions")
+    def chat_completions() -> Response:
+        req = parse(ChatCompletionRequest, read_json_object(request, _EXAMPLE))
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in req.messages]
+        config = service.generation_config(max_new_tokens=req.max_completion_tokens or req.max_tokens,
+                                           temperature=req.temperature, top_p=req.top_p, stop=req.stop, seed=req.seed)
+        service.count_prompt_tokens(messages)
+        gen = service.generate(messages, config, started=g.started, rid=g.rid)
+        g.generation = gen
+        g.texts = {"prompt": messages[-1]["content"], "answer": gen.text}
+        return jsonify({
+            "id": f"chatcmpl-{g.rid}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": gen.text},
+                "finish_reason": gen.finish_reason,
+                "logprobs": None,
+            }],
+            "usage": {
+                "prompt_tokens": gen.prompt_tokens,
+                "completion_tokens": gen.completion_tokens,
+                "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+            },
+        })
+
+    @bp.get("/v1/models")
+    def models() -> Response:
+        return jsonify({"object": "list", "data": [
+            {"id": model_name, "object": "model", "created": 0, "owned_by": "distillery"}]})
+
+    return bp
