@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .accounting import DEFAULT_PRICES, FREE, Price
 from .ratelimit import TIERS, Limits
-from .yamlfile import load_mapping, validate
+from .yamlfile import apply_overrides, load_mapping, validate
 
 KIMI_BASE_URL = "https://api.moonshot.cn/v1"
 KIMI_MODEL = "moonshot-v1-8k"
@@ -101,12 +101,5 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not p.is_file():
             raise ConfigError(f"{p}: no such config file")
         data = load_mapping(p.read_text(encoding="utf-8"), str(p), ConfigError)
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    apply_overrides(data, overrides or {}, ConfigError)
     return validate(JobConfig, data, origin, ConfigError)

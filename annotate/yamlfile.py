@@ -22,6 +22,21 @@ def load_mapping(text: str, origin: str, error: type[Exception]) -> dict[str, An
     return data
 
 
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], error: type[Exception]) -> None:
+    """Set dotted keys ({"teacher.rpm": 100}) in a nested mapping; None means "not given"."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise error(f"'{key}' must be a mapping of fields to set '{dotted}' in it")
+            node = child
+        node[leaf] = value
+
+
 def validate(model: type[M], data: dict[str, Any], origin: str, error: type[Exception]) -> M:
     try:
         return model.model_validate(data)

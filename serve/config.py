@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from annotate.records import SEPARATOR
-from annotate.yamlfile import load_mapping, validate
+from annotate.yamlfile import apply_overrides, load_mapping, validate
 
 ENV_PREFIX = "DISTILL_SERVE_"
 CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
@@ -127,17 +127,7 @@ def load_config(
         names = ", ".join(f"{ENV_PREFIX}{k.upper().replace('.', '__')}" for k in from_env)
         origins.append(f"environment ({names})")
     for source in (from_env, overrides or {}):
-        for dotted, value in source.items():
-            if value is None:
-                continue
-            node = data
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                child = node.setdefault(key, {})
-                if not isinstance(child, dict):
-                    raise ConfigError(f"'{key}' must be a mapping of fields to set '{dotted}' in it")
-                node = child
-            node[leaf] = value
+        apply_overrides(data, source, ConfigError)
     if overrides and any(v is not None for v in overrides.values()):
         origins.append("command line")
     return validate(ServeConfig, data, " + ".join(origins) or "defaults", ConfigError)
