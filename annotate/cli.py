@@ -16,6 +16,7 @@ from rich.table import Table
 
 from . import runner
 from .config import ConfigError, load_config
+from .options import teacher_options
 from .ingest import ChunkingConfig, ingest
 from .readers import SUPPORTED_SUFFIXES
 from .records import LineageRecord
@@ -120,14 +121,7 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--retry", "retry", default="", help="Re-run records in these states, e.g. invalid,failed.")
 @click.option("--dry-run", is_flag=True, help="Print the estimated tokens and cost; send nothing.")
 @click.option("--budget", type=float, help="Stop cleanly once the workspace has spent this much.")
-@click.option("--provider", type=click.Choice(["auto", "openai", "local"]), help="Teacher kind [default: auto].")
-@click.option("--base-url", help="OpenAI-compatible base URL [default: Kimi when a key is set].")
-@click.option("--model", help="Teacher model name.")
-@click.option("--api-key-env", help="Environment variable holding the API key [default: MOONSHOT_API_KEY].")
-@click.option("--tier", help="Moonshot tier preset for the limits (tier0..tier5) [default: tier1].")
-@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at most.")
-@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute at most.")
-@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute at most.")
+@teacher_options()
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Max tokens per answer.")
 @click.option("--temperature", type=float, help="Sampling temperature [default: 0.3].")
 @click.pass_context
@@ -160,8 +154,8 @@ def run_cmd(ctx: click.Context, task_name: str | None, config_path: Path | None,
             console.print("nothing to do: every planned record is done (use --retry invalid,failed to redo failures)")
             _print_summary(store, task.name, None)
             return
-        if t.resolved_provider() == "openai" and not t.api_key() and not t.base_url:
-            raise click.ClickException(f"no API key: set {t.api_key_env}")
+        if problem := t.key_problem():
+            raise click.ClickException(problem)
         stats = asyncio.run(_run_with_progress(store, task, config, pending))
         _print_summary(store, task.name, stats)
         if stats.stopped:

@@ -58,6 +58,12 @@ class TeacherConfig(BaseModel):
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None
 
+    def key_problem(self) -> str | None:
+        """Why no request could be sent (no key for the default provider), or None."""
+        if self.resolved_provider() == "openai" and not self.api_key() and not self.base_url:
+            return f"no API key: set {self.api_key_env} (or --base-url for a server that needs none)"
+        return None
+
     def limits(self) -> Limits:
         if self.tier not in TIERS:
             raise ConfigError(f"teacher.tier '{self.tier}' is unknown; use one of {', '.join(TIERS)}")

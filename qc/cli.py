@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from annotate.config import ConfigError, load_config
+from annotate.options import teacher_options
 from annotate.records import Sample
 from annotate.store import Store
 
@@ -152,14 +153,7 @@ def main(ctx: click.Context, workspace: Path) -> None:
               help="Flag records the judge scores below this.")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Judge: a job config YAML (as for distill-annotate run).")
-@click.option("--provider", type=click.Choice(["auto", "openai", "local"]), help="Judge: teacher kind.")
-@click.option("--base-url", help="Judge: OpenAI-compatible base URL [default: Kimi].")
-@click.option("--model", help="Judge: model name.")
-@click.option("--api-key-env", help="Judge: environment variable holding the API key [default: MOONSHOT_API_KEY].")
-@click.option("--tier", help="Judge: Moonshot tier preset for the limits (tier0..tier5).")
-@click.option("--concurrency", type=click.IntRange(min=1), help="Judge: requests in flight at most.")
-@click.option("--rpm", type=click.IntRange(min=1), help="Judge: requests per minute at most.")
-@click.option("--tpm", type=click.IntRange(min=1), help="Judge: tokens per minute at most.")
+@teacher_options(prefix="Judge: ")
 @click.option("--budget", type=float, help="Judge: stop once the workspace has spent this much.")
 @click.pass_context
 def check_cmd(ctx: click.Context, tasks: tuple[str, ...], min_reasoning: int, max_answer: int, min_grounding: float,
@@ -184,8 +178,8 @@ def check_cmd(ctx: click.Context, tasks: tuple[str, ...], min_reasoning: int, ma
         if use_judge:
             job_config = load_config(config_path, {"budget": budget, **{f"teacher.{k}": v for k, v in teacher.items()}})
             t = job_config.teacher
-            if t.resolved_provider() == "openai" and not t.api_key() and not t.base_url:
-                raise click.ClickException(f"the judge needs an API key: set {t.api_key_env} (or --base-url)")
+            if problem := t.key_problem():
+                raise click.ClickException(f"the judge cannot run: {problem}")
             console.print(f"judge: {t.resolved_model()} @ {t.resolved_base_url() or 'embedded local model'}")
             with _progress("judging") as update:
                 stats = asyncio.run(judge.judge_records(store, names, job_config, threshold=judge_threshold,

@@ -48,6 +48,9 @@ def test_run_needs_chunks_and_validates_options(tmp_path):
                          (["--task", "nope"], "unknown task")):
         result = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "run", "--provider", "local", *args])
         assert result.exit_code != 0 and needle in result.output, (args, result.output)
+    result = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "run", "--provider", "openai",
+                                       "--api-key-env", "DISTILLERY_TEST_UNSET_KEY"])
+    assert result.exit_code != 0 and "no API key: set DISTILLERY_TEST_UNSET_KEY" in result.output
 
 
 def test_dry_run_estimates_without_sending(tmp_path):

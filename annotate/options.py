@@ -1,0 +1,31 @@
+"""Click options for choosing and pacing a teacher, shared by every command that calls one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def teacher_options(prefix: str = "") -> Callable[[F], F]:
+    """--provider ... --tpm; each lands in the command's kwargs under its own name (None if not given)."""
+    options = [
+        click.option("--provider", type=click.Choice(["auto", "openai", "local"]), help=f"{prefix}Teacher kind [default: auto]."),
+        click.option("--base-url", help=f"{prefix}OpenAI-compatible base URL [default: Kimi when a key is set]."),
+        click.option("--model", help=f"{prefix}Model name."),
+        click.option("--api-key-env", help=f"{prefix}Environment variable holding the API key [default: MOONSHOT_API_KEY]."),
+        click.option("--tier", help=f"{prefix}Moonshot tier preset for the limits (tier0..tier5) [default: tier1]."),
+        click.option("--concurrency", type=click.IntRange(min=1), help=f"{prefix}Requests in flight at most."),
+        click.option("--rpm", type=click.IntRange(min=1), help=f"{prefix}Requests per minute at most."),
+        click.option("--tpm", type=click.IntRange(min=1), help=f"{prefix}Tokens per minute at most."),
+    ]
+
+    def apply(fn: F) -> F:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
