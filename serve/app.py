@@ -45,6 +45,8 @@ def create_app(config: ServeConfig | None = None, *, runtime: ModelRuntime | Non
     if runtime is None:
         config.check()
     _setup_logging(config.log_level)
+    # Resolved once here, not per request: the prompt file beside the model does not change.
+    config = config.model_copy(update={"system_prompt": config.trained_system_prompt()})
     service = ModelService(config, runtime=runtime)
     metrics = Metrics(service.snapshot)
     api_key = config.api_key()

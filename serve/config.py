@@ -11,6 +11,7 @@ everything a production process needs must be expressible without a command line
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,6 +81,20 @@ class ServeConfig(BaseModel):
         gunicorn's unbounded one, is where excess load waits (and is refused)."""
         return self.batching.max_queue + self.batching.max_batch + _SPARE_THREADS
 
+    def trained_system_prompt(self) -> str | None:
+        """`system_prompt` if set, else the one the model was trained with: `distill-finetune` writes it
+        to distillery_prompt.json beside the adapter and the merged model, so serving matches training."""
+        if self.system_prompt is not None:
+            return self.system_prompt
+        for directory in (self.adapter, self.model):
+            path = Path(directory, TRAINED_PROMPT_FILE) if directory else None
+            if path is not None and path.is_file():
+                try:
+                    return str(json.loads(path.read_text(encoding="utf-8"))["system"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ConfigError(f"{path}: no 'system' prompt in it ({exc!r}); fix the file or set system_prompt") from exc
+        return None
+
     def check(self) -> None:
         """What must hold before loading, so start-up fails rather than the first request."""
         if self.adapter is not None and self.model is None:
@@ -89,6 +104,9 @@ class ServeConfig(BaseModel):
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
                 raise ConfigError(f"{name}: {value} is not a directory")
+
+
+TRAINED_PROMPT_FILE = "distillery_prompt.json"
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:

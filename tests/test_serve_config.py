@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from serve.cli import main
-from serve.config import ConfigError, ServeConfig, env_overrides, load_config
+from serve.config import TRAINED_PROMPT_FILE, ConfigError, ServeConfig, env_overrides, load_config
 
 
 def test_defaults_are_safe() -> None:
@@ -107,3 +108,18 @@ def test_a_bad_option_is_a_clear_error_not_a_traceback() -> None:
     result = CliRunner().invoke(main, ["config", "--model", "/no/such/model"], env={})
     assert result.exit_code != 0
     assert "model: /no/such/model is not a directory" in result.output and "Traceback" not in result.output
+
+
+def test_system_prompt_defaults_to_the_one_finetune_trained_with(tmp_path):
+    model, adapter = tmp_path / "base", tmp_path / "adapter"
+    model.mkdir()
+    adapter.mkdir()
+    assert ServeConfig(model=str(model)).trained_system_prompt() is None
+    (model / TRAINED_PROMPT_FILE).write_text(json.dumps({"template": "qwen", "system": "BASE-SYS"}), encoding="utf-8")
+    assert ServeConfig(model=str(model)).trained_system_prompt() == "BASE-SYS"
+    (adapter / TRAINED_PROMPT_FILE).write_text(json.dumps({"template": "qwen", "system": "ADAPTER-SYS"}), encoding="utf-8")
+    assert ServeConfig(model=str(model), adapter=str(adapter)).trained_system_prompt() == "ADAPTER-SYS"
+    assert ServeConfig(model=str(model), system_prompt="Be brief.").trained_system_prompt() == "Be brief."
+    (adapter / TRAINED_PROMPT_FILE).write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="distillery_prompt.json"):
+        ServeConfig(model=str(model), adapter=str(adapter)).trained_system_prompt()
