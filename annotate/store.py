@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -103,6 +103,8 @@ CREATE TABLE IF NOT EXISTS reviews (
 CREATE INDEX IF NOT EXISTS reviews_annotation ON reviews(annotation_id);
 CREATE INDEX IF NOT EXISTS reviews_sample_reviewer ON reviews(sample_id, reviewer);
 """
+
+M = TypeVar("M", bound=BaseModel)
 
 _JSON_COLUMNS = {"meta", "params"}
 
@@ -443,14 +445,7 @@ class Store:
 
     def flags(self, *, task_names: Collection[str] | None = None) -> dict[str, list[Flag]]:
         """Flags by record id, of the given tasks' records (all when None)."""
-        sql, args = "SELECT f.* FROM flags f", []
-        if task_names is not None:
-            sql += " JOIN annotations a ON a.id = f.annotation_id WHERE a.task_name IN (SELECT value FROM json_each(?))"
-            args.append(json.dumps(list(task_names)))
-        out: dict[str, list[Flag]] = {}
-        for row in self.db.execute(sql + " ORDER BY f.annotation_id, f.kind", args):
-            out.setdefault(row["annotation_id"], []).append(_row_to(Flag, row))
-        return out
+        return self._by_annotation("flags", Flag, "kind", task_names)
 
     def put_judgements(self, judgements: Iterable[Judgement]) -> None:
         sql = _insert_sql("judgements", Judgement.model_fields, "INSERT OR REPLACE")
@@ -459,13 +454,17 @@ class Store:
                 db.execute(sql, j.model_dump())
 
     def judgements(self, *, task_names: Collection[str] | None = None) -> dict[str, list[Judgement]]:
-        sql, args = "SELECT j.* FROM judgements j", []
+        return self._by_annotation("judgements", Judgement, "created_at", task_names)
+
+    def _by_annotation(self, table: str, model: type[M], order: str, task_names: Collection[str] | None) -> dict[str, list[M]]:
+        """Rows of a per-record table grouped by record id, of the given tasks' records (all when None)."""
+        sql, args = f"SELECT t.* FROM {table} t", []
         if task_names is not None:
-            sql += " JOIN annotations a ON a.id = j.annotation_id WHERE a.task_name IN (SELECT value FROM json_each(?))"
+            sql += " JOIN annotations a ON a.id = t.annotation_id WHERE a.task_name IN (SELECT value FROM json_each(?))"
             args.append(json.dumps(list(task_names)))
-        out: dict[str, list[Judgement]] = {}
-        for row in self.db.execute(sql + " ORDER BY j.annotation_id, j.created_at", args):
-            out.setdefault(row["annotation_id"], []).append(_row_to(Judgement, row))
+        out: dict[str, list[M]] = {}
+        for row in self.db.execute(f"{sql} ORDER BY t.annotation_id, t.{order}", args):
+            out.setdefault(row["annotation_id"], []).append(_row_to(model, row))
         return out
 
     def create_sample(self, sample: Sample, *, lot: Iterable[str], items: Iterable[tuple[str, str]]) -> Sample:
