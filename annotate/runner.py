@@ -207,7 +207,8 @@ class Job:
             "max_tokens": self.config.teacher.max_tokens,
         }
         error = ""
-        for _ in range(self.task.spec.contract.max_reasks + 1):
+        answers = self.task.spec.contract.max_reasks + 1
+        for answer in range(1, answers + 1):
             try:
                 h, result = await self.call(ann, self._request(messages, ann.step))
             except TeacherError as exc:
@@ -228,8 +229,9 @@ class Job:
                 questions = self.task.questions(parsed) if ann.step == "questions" else []
             except ContractError as exc:
                 error = str(exc)
-                self.stats.reasks += 1
-                messages = [*messages, {"role": "assistant", "content": result.content}, self.task.reask(error)]
+                if answer < answers:
+                    self.stats.reasks += 1
+                    messages = [*messages, {"role": "assistant", "content": result.content}, self.task.reask(error)]
                 continue
             ann.status, ann.conclusion, ann.reasoning, ann.error = "ok", parsed.conclusion, parsed.reasoning, None
             self._finish(ann)
@@ -237,7 +239,6 @@ class Job:
                 self._fan_out(ann, questions)
             return
         ann.status, ann.error = "invalid", f"contract broken after {ann.attempts} answers: {error}"
-        self.stats.reasks -= 1  # the last broken answer was not asked again
         self._finish(ann)
 
     def _fan_out(self, parent: Annotation, questions: list[str]) -> None:
