@@ -138,14 +138,16 @@ class Job:
 
     # -- one call, paid at most once ------------------------------------------------------
 
-    def _request(self, messages: list[Message], step: Step) -> ChatRequest:
-        labels = self.task.labels(step)
+    def _request(self, messages: list[Message], step: Step, text: str) -> ChatRequest:
+        labels, cues = self.task.labels(step), self.task.label_cues(step)
+        # The cues condition the chunk itself (`text`), not the rendered prompt around it.
+        guide = Guide(labels=labels, cues=cues, source=text if cues else None) if labels else None
         return ChatRequest(
             messages=messages,
             model=self.model,
             temperature=self.config.teacher.temperature,
             max_tokens=self.config.teacher.max_tokens,
-            guide=Guide(labels=labels) if labels else None,
+            guide=guide,
         )
 
     async def call(self, ann: Annotation, request: ChatRequest) -> tuple[str, ChatResult]:
@@ -210,7 +212,7 @@ class Job:
         answers = self.task.spec.contract.max_reasks + 1
         for answer in range(1, answers + 1):
             try:
-                h, result = await self.call(ann, self._request(messages, ann.step))
+                h, result = await self.call(ann, self._request(messages, ann.step, chunk.text))
             except TeacherError as exc:
                 if exc.fatal:
                     raise JobStopped(_fatal_advice(exc)) from exc

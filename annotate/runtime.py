@@ -314,6 +314,44 @@ class ModelRuntime:
             scores.append(row[width - len(cont) :].gather(-1, target).sum().item())
         return scores
 
+    def score_texts(self, prefixes: list[str], text: str) -> list[float]:
+        """Total log-prob of `text` after each prefix, as plain text (no chat template).
+
+        Channel scoring: with one cue per label as the prefixes, the likeliest text marks the
+        label (small models judge "how likely is this text here" far better than they name a label).
+        """
+        return [sum(row) for row in self.text_logprobs(prefixes, text)[0]]
+
+    @torch.inference_mode()
+    def text_logprobs(self, prefixes: list[str], text: str) -> tuple[list[list[float]], list[tuple[int, int]]]:
+        """Log-prob of each token of `text` after each prefix (one row per prefix), and each
+        token's (start, end) characters in `text`: what a sentence of it owes to each prefix."""
+        if not prefixes:
+            return [], []
+        heads = [self._encode(p) for p in prefixes]
+        if not all(heads):
+            raise ValueError("every prefix needs at least one token: the text's first token is scored after it")
+        # Tokenized apart from the prefixes so every row scores exactly the same text tokens.
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        tail, offsets = list(encoded.input_ids), [tuple(o) for o in encoded.offset_mapping]
+        if not tail:
+            return [[] for _ in prefixes], []
+        rows = [h + tail for h in heads]
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        # Left padding puts the text in the last columns of every row; positions must skip pads.
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=len(tail) + 1
+        ).logits
+        target = torch.tensor(tail, device=self.device).unsqueeze(-1)
+        # One row at a time: a chunk's worth of full-vocab log-probs per row is plenty of memory.
+        scores = [row[:-1].float().log_softmax(-1).gather(-1, target).squeeze(-1).tolist() for row in logits]
+        return scores, offsets  # type: ignore[return-value]
+
 
 class QueueFull(RuntimeError):
     """The batcher already holds max_queue waiting requests: shed load, retry later."""

@@ -13,7 +13,7 @@ import functools
 import hashlib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from jinja2 import StrictUndefined, Template, TemplateError
@@ -69,6 +69,9 @@ class TaskSpec(BaseModel):
     kind: Literal["single", "qa"] = "single"
     vars: dict[str, Any] = Field(default_factory=dict)  # user-set values the templates read
     labels: list[str] | None = None  # closed label set for the conclusion (single tasks)
+    # label -> text that would precede a passage on that label ("An article about finance:\n").
+    # The local teacher picks the label whose cue makes the chunk likeliest (channel scoring).
+    label_cues: dict[str, Annotated[str, Field(min_length=1)]] | None = None
     prompt: PromptParts  # the single step, or the question-generation step of a qa task
     answer_prompt: PromptParts | None = None  # qa: answering one question from the chunk
     answer_labels: list[str] | None = None  # qa: closed set for answers (yes/no, A-D, NLI)
@@ -114,6 +117,8 @@ class Task:
             raise TaskFileError(f"{origin}: field 'answer_prompt' is required when kind is 'qa'")
         if spec.kind == "single" and (spec.answer_prompt or spec.answer_labels):
             raise TaskFileError(f"{origin}: 'answer_prompt'/'answer_labels' only apply to kind 'qa'")
+        if spec.label_cues is not None:
+            _check_cues(spec, spec.label_cues, origin)
         # Render every template once with sample values so a typo fails at load, not mid-job.
         for step in self.steps:
             self.messages(step, "示例文本 sample text", question="示例问题?" if step == "answer" else None)
@@ -136,6 +141,11 @@ class Task:
 
     def labels(self, step: Step) -> list[str] | None:
         return {"main": self.spec.labels, "questions": None, "answer": self.spec.answer_labels}[step]
+
+    def label_cues(self, step: Step) -> list[str] | None:
+        """The label cues in label order; None without them (only single tasks have them)."""
+        cues, labels = self.spec.label_cues, self.labels(step)
+        return [cues[label] for label in labels] if cues and labels else None
 
     def _render(self, template: str, field: str, **ctx: Any) -> str:
         try:
@@ -194,6 +204,23 @@ class Task:
 
     def student_instruction(self, *, question: str | None = None) -> str:
         return self._render(self.spec.student_instruction, "student_instruction", question=question)
+
+
+def _check_cues(spec: TaskSpec, cues: dict[str, str], origin: str) -> None:
+    # A qa answer depends on its question, which a cue before the chunk cannot condition on.
+    if spec.kind != "single":
+        raise TaskFileError(f"{origin}: 'label_cues' only apply to kind 'single'; remove them")
+    if not spec.labels:
+        raise TaskFileError(f"{origin}: 'label_cues' needs 'labels': add the label list, or remove 'label_cues'")
+    missing = [label for label in spec.labels if label not in cues]
+    extra = [key for key in cues if key not in spec.labels]
+    fixes = []
+    if missing:
+        fixes.append(f"add a cue for {', '.join(missing)}")
+    if extra:
+        fixes.append(f"remove {', '.join(extra)} (not in 'labels')")
+    if fixes:
+        raise TaskFileError(f"{origin}: 'label_cues' needs exactly one cue per label: {'; '.join(fixes)}")
 
 
 BUILTIN_DIR = resources.files("annotate") / "builtin_tasks"

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str, ...}
 
@@ -32,11 +32,30 @@ RETRYABLE: frozenset[str] = frozenset({"rate_limit", "server", "timeout", "conne
 FATAL: frozenset[str] = frozenset({"quota", "auth"})  # the whole job stops
 
 
+# Guide fields that came after stores held answers: the hash covers them only when set.
+_ADDED_LATER = ("cues", "source")
+
+
 class Guide(BaseModel):
     """Hints a local model can use to keep the output contract; remote APIs ignore them."""
 
     labels: list[str] | None = None
     separator: str = "####"
+    # Channel scoring: one cue per label (same order) that would precede `source`, the chunk
+    # text; the label whose cue makes the source likeliest wins.
+    cues: list[str] | None = None
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _cues_match_labels(self) -> Guide:
+        if self.cues is not None and (self.source is None or len(self.cues) != len(self.labels or [])):
+            raise ValueError("cues need a source and exactly one cue per label")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What the request hash covers: requests without the later fields keep the hashes
+        their stored answers are filed under."""
+        return self.model_dump(exclude={name for name in _ADDED_LATER if getattr(self, name) is None})
 
 
 class ChatRequest(BaseModel):
@@ -60,7 +79,7 @@ class ChatRequest(BaseModel):
     def request_hash(self) -> str:
         """Identity of a paid request: same messages + model + params => same hash."""
         canonical = json.dumps(
-            {"body": self.body(), "guide": self.guide.model_dump() if self.guide else None},
+            {"body": self.body(), "guide": self.guide.identity() if self.guide else None},
             sort_keys=True,
             ensure_ascii=False,
             separators=(",", ":"),

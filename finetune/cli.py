@@ -61,13 +61,14 @@ def main(ctx: click.Context, workspace: Path) -> None:
 @click.option("--test", "test_fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Share of examples for the held-out test split (whole documents).")
 @click.option("--seed", default=42, show_default=True, help="Seed of the document split.")
+@click.option("--stratify", is_flag=True, help="Keep each label's share of documents in every split (closed-label tasks).")
 @click.option("--cutoff-len", type=click.IntRange(min=16), default=defaults()["cutoff_len"], show_default=True,
               help="Training length limit in tokens; longer examples are reported (training truncates them).")
 @click.option("--system", default=DEFAULT_SYSTEM, show_default=True, help="System prompt trained and served with.")
 @click.pass_context
 def prepare_cmd(ctx: click.Context, approved: Path | None, preferences: Path | None, out_dir: Path | None, model: str,
-                fmt: str, file_type: str, val_fraction: float, test_fraction: float, seed: int, cutoff_len: int,
-                system: str) -> None:
+                fmt: str, file_type: str, val_fraction: float, test_fraction: float, seed: int, stratify: bool,
+                cutoff_len: int, system: str) -> None:
     """Write LLaMA-Factory dataset files from the approved records and check every example.
 
     Splits train/validation/test by source document (seeded), writes dataset_info.json, and
@@ -79,7 +80,8 @@ def prepare_cmd(ctx: click.Context, approved: Path | None, preferences: Path | N
     layout = _layout(ctx)
     default_prefs = layout.preferences if layout.preferences.is_file() else None
     options = PrepareOptions(format=fmt, file_type=file_type, val_fraction=val_fraction,  # type: ignore[arg-type]
-                             test_fraction=test_fraction, seed=seed, system=system, model=model, cutoff_len=cutoff_len)
+                             test_fraction=test_fraction, seed=seed, stratify=stratify, system=system, model=model,
+                             cutoff_len=cutoff_len)
     try:
         with console.status("preparing…") as status:
             report = prepare(approved or layout.approved, out_dir or layout.data, options,

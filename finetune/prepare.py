@@ -50,6 +50,7 @@ class PrepareOptions(BaseModel):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 42
+    stratify: bool = False  # closed-label tasks: every split keeps each label's share of documents
     system: str = DEFAULT_SYSTEM
     template: str = "qwen"
     model: str  # whose tokenizer counts tokens in the check: the model you will train
@@ -108,15 +109,19 @@ def read_approved(path: Path) -> list[TrainingExample]:
 
 
 def split_by_document(
-    examples: list[TrainingExample], *, val_fraction: float, test_fraction: float, seed: int
+    examples: list[TrainingExample], *, val_fraction: float, test_fraction: float, seed: int,
+    label_of: Callable[[TrainingExample], str | None] | None = None,
 ) -> dict[Split, list[TrainingExample]]:
     """Whole documents to each split, seeded: test, then validation, take documents until they hold
-    their share of the examples, but every split keeps at least one document."""
+    their share of the examples, but every split keeps at least one document. With `label_of`,
+    stratified: each label keeps about its share of documents in every split."""
     by_doc: dict[str, list[TrainingExample]] = defaultdict(list)
     for ex in examples:
         by_doc[ex.document_id].append(ex)
     docs = sorted(by_doc)  # a fixed order before the seeded shuffle: same input + seed, same split
     random.Random(seed).shuffle(docs)
+    if label_of is not None:
+        docs = _spread_labels(docs, by_doc, label_of)
     wanted: list[tuple[Split, float]] = [("test", test_fraction), ("validation", val_fraction)]
     needed = 1 + sum(1 for _, f in wanted if f > 0)
     if len(docs) < needed:
@@ -133,6 +138,20 @@ def split_by_document(
     for doc in left:
         out["train"] += by_doc[doc]
     return out
+
+
+def _spread_labels(docs: list[str], by_doc: dict[str, list[TrainingExample]],
+                   label_of: Callable[[TrainingExample], str | None]) -> list[str]:
+    """The documents reordered so that any front part holds each label in its overall share (a
+    document counts under its commonest label); within a label the shuffled order stays."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for doc in docs:
+        label = Counter(label_of(ex) for ex in by_doc[doc]).most_common(1)[0][0]
+        groups[str(label)].append(doc)
+    # The i-th of n documents of a label sits at (i + 0.5) / n of the way through the order.
+    ranked = sorted(((i + 0.5) / len(group), g, doc)
+                    for g, group in enumerate(groups[k] for k in sorted(groups)) for i, doc in enumerate(group))
+    return [doc for _, _, doc in ranked]
 
 
 def task_labels(examples: list[TrainingExample], workspace: Path | None) -> dict[str, TaskLabels]:
@@ -226,8 +245,11 @@ def prepare(
     status = on_status or (lambda _msg: None)
     status(f"reading {approved}")
     examples = read_approved(approved)
+    labels = task_labels(examples, workspace)
+    closed = {key for key, task in labels.items() if task.labels}
+    label_of = (lambda ex: ex.conclusion if f"{ex.task_name}/{ex.step}" in closed else None) if options.stratify else None
     splits = split_by_document(examples, val_fraction=options.val_fraction, test_fraction=options.test_fraction,
-                               seed=options.seed)
+                               seed=options.seed, label_of=label_of)
     prompt = PromptFormat(template=options.template, system=options.system)
     split_of = {ex.annotation_id: split for split, exs in splits.items() for ex in exs}
 
@@ -267,7 +289,7 @@ def prepare(
         (staging / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
         manifest = Manifest(format=options.format, file_type=options.file_type, prompt=prompt, model=options.model,
                             cutoff_len=options.cutoff_len, seed=options.seed, approved=str(approved),
-                            splits=infos, preference=pref_info, tasks=task_labels(examples, workspace))
+                            splits=infos, preference=pref_info, tasks=labels)
         with (staging / manifest.test_records).open("w", encoding="utf-8") as fh:
             for ex in splits["test"]:
                 fh.write(ex.model_dump_json() + "\n")

@@ -1,6 +1,7 @@
 """The command line as a user types it (click's runner, in-process, real files and store)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -86,3 +87,20 @@ def test_tasks_lists_and_prints_builtins():
     assert code == 0 and "relevance" in out and "nli" in out
     code, out = cli("tasks", "qa")
     assert "kind: qa" in out
+
+
+def test_the_kimi_config_runs_the_demo_task(tmp_path):
+    """The pipeline's "one config change": examples/kimi.yaml as the teacher of examples/tasks/topic.yaml
+    (pointed at a local Moonshot-compatible server; --base-url is the only difference from Kimi)."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    cli("-w", tmp_path / "ws", "ingest", write_docs(tmp_path / "docs"))
+    labels = ["privacy", "finance", "workplace", "outdoors"]
+    with FakeMoonshot(api_key=KEY, labels=labels) as server:
+        code, out = cli("-w", tmp_path / "ws", "run", "-c", examples / "kimi.yaml", "--task", examples / "tasks" / "topic.yaml",
+                        "--base-url", server.base_url, env={"MOONSHOT_API_KEY": KEY})
+        assert code == 0, out
+        assert len(server.chat_hashes()) == len(ZH)
+    code, out = cli("-w", tmp_path / "ws", "export", tmp_path / "out.jsonl")
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["annotation"]["conclusion"] for r in records} <= set(labels) and len(records) == len(ZH)
+    assert {r["annotation"]["model"] for r in records} == {"moonshot-v1-8k"}

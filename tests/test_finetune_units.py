@@ -4,6 +4,7 @@ as data, failure sentences, progress parsing and the eval metrics. No model, no 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,21 @@ def test_scores_are_the_textbook_figures() -> None:
     assert set(s.per_label) == {"t/main/a", "t/main/b"} and s.macro_f1 == pytest.approx(0.65)
     open_ended = score(Candidate(name="m", model="m"), preds, {"t/main": TaskLabels(labels=None, source="")}, 1.0)
     assert open_ended.macro_f1 is None and open_ended.accuracy == pytest.approx(3 / 5)
+
+
+def test_a_stratified_split_keeps_each_labels_share() -> None:
+    # 40 one-example documents: 16 of label a, 12 of b, 8 of c, 4 of d.
+    records = sample_examples(40, 1, language="en")
+    shares = ["a"] * 16 + ["b"] * 12 + ["c"] * 8 + ["d"] * 4
+    records = [ex.model_copy(update={"conclusion": label}) for ex, label in zip(records, shares)]
+    for seed in range(5):
+        test = split_by_document(records, val_fraction=0, test_fraction=0.25, seed=seed, label_of=lambda ex: ex.conclusion)["test"]
+        assert Counter(ex.conclusion for ex in test) == {"a": 4, "b": 3, "c": 2, "d": 1}
+    # Unstratified, some seed leaves a label out of the test split or over-fills one.
+    plain = [Counter(ex.conclusion for ex in split_by_document(records, val_fraction=0, test_fraction=0.25, seed=s)["test"])
+             for s in range(5)]
+    assert any(c != {"a": 4, "b": 3, "c": 2, "d": 1} for c in plain)
+    # The seed still picks which documents of a label are held out.
+    held = [{ex.document_id for ex in split_by_document(records, val_fraction=0, test_fraction=0.25, seed=s,
+                                                        label_of=lambda ex: ex.conclusion)["test"]} for s in (1, 2)]
+    assert held[0] != held[1]

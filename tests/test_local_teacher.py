@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch", reason="needs the model extra")
 
-from annotate.local_teacher import LocalTeacher
+from annotate.local_teacher import LocalTeacher, evidence, quote
 from annotate.runtime import ModelRuntime
 from annotate.teacher import ChatRequest, ChatResult, Guide, TeacherError
 
@@ -53,6 +53,56 @@ def test_guided_labels_give_label_then_separator(runtime: ModelRuntime) -> None:
     # The chosen label is part of the answer: counted as completion, within max_tokens.
     assert runtime.count_tokens(f"{label}####") < result.completion_tokens <= req.max_tokens
     assert result.prompt_tokens == runtime.count_tokens(runtime.apply_chat_template(req.messages))
+    assert raw["label_scoring"] == "direct"
+
+
+def test_cues_pick_the_label_whose_cue_makes_the_source_likeliest(runtime: ModelRuntime) -> None:
+    source = ("We collect your name and e-mail address, and delete them two years after your last login. "
+              "The office is closed on Monday. You may ask us for a copy of your personal data.")
+    cues = ["An article about privacy and personal data:\n", "An article about hiking and camping:\n"]
+    req = request(source, guide=Guide(labels=LABELS, cues=cues, source=source), max_tokens=128)
+    (result,) = asyncio.run(ask(LocalTeacher(runtime), req))
+
+    expected = runtime.score_texts(cues, source)
+    assert list(result.raw["label_logprobs"].values()) == pytest.approx(expected, abs=1e-3)
+    assert result.raw["label_scoring"] == "channel"
+    best = max(range(len(LABELS)), key=expected.__getitem__)
+    # Extractive: the reasoning quotes, in text order, the sentences the chosen cue explains best.
+    rows, offsets = runtime.text_logprobs(cues, source)
+    spans = evidence(source, rows, offsets, best)
+    assert [tuple(s) for s in result.raw["evidence"]] == spans and 1 <= len(spans) <= 2
+    assert result.content == f"{LABELS[best]}####" + quote(source, sorted(spans))
+    assert result.finish_reason == "stop" and result.completion_tokens == runtime.count_tokens(result.content)
+
+
+def test_a_short_budget_quotes_fewer_sentences(runtime: ModelRuntime) -> None:
+    source = ("Your personal data is stored in encrypted form on servers in Frankfurt. "
+              "We share your e-mail address with no one, and you may withdraw your consent at any time.")
+    cues = ["An article about privacy and personal data:\n", "An article about hiking and camping:\n"]
+    guide = Guide(labels=LABELS, cues=cues, source=source)
+    long, short = asyncio.run(ask(LocalTeacher(runtime), request(source, guide=guide, max_tokens=200),
+                                  request(source, guide=guide, max_tokens=30)))
+    assert len(long.raw["evidence"]) == 2
+    assert short.content.count(". ") < long.content.count(". ") and short.completion_tokens <= long.completion_tokens
+
+
+def test_evidence_ranks_sentences_by_what_the_chosen_cue_explains() -> None:
+    source = "Alpha one. Beta two. Gamma three."
+    # One "token" per sentence (offsets), so each sentence's evidence is its own margin.
+    offsets = [(0, 10), (11, 20), (21, 33)]
+    rows = [[-1.0, -5.0, -2.0],   # cue 0
+            [-3.0, -1.0, -6.0],   # cue 1
+            [-3.0, -3.0, -6.0]]   # cue 2
+    # For cue 0: margins 2.0, -3.0, 4.0 -> Gamma, then Alpha; Beta argues against it.
+    assert evidence(source, rows, offsets, 0) == [(21, 33), (0, 10)]
+    assert evidence(source, rows, offsets, 0, most=1) == [(21, 33)]
+    # For cue 2 no sentence helps: the least bad one is still quoted.
+    assert evidence(source, rows, offsets, 2) == [(11, 20)]
+
+
+def test_quote_frames_the_sentences_in_the_source_script() -> None:
+    assert quote("One.\n Two  words.", [(0, 4), (6, 17)]) == "The text says: One. Two words."
+    assert quote("第一句。第二句。", [(4, 8)]) == "文中写道：第二句。"
 
 
 def test_plain_requests_run_concurrently_in_one_batch(runtime: ModelRuntime) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch", reason="needs the model extra")
+torch = pytest.importorskip("torch", reason="needs the model extra")
 
 from annotate.runtime import (
     EMBEDDED_NAME,
@@ -153,6 +153,24 @@ def test_score_prefers_what_the_model_just_wrote(runtime: ModelRuntime) -> None:
     own, noise = runtime.score_continuations(PROMPTS[1], [greedy, "zebra quantum 42 xylophone"])
     assert own > noise
     assert runtime.score_continuations(PROMPTS[1], []) == []
+
+
+def test_score_texts_equals_one_forward_per_prefix(runtime: ModelRuntime) -> None:
+    # Prefixes of different lengths: the batch is left-padded, so positions must skip the pads.
+    prefixes = ["A", "An article about privacy and personal data:\n", "关于金融、银行、股市和税务的文章：\n"]
+    text = "We collect your name and e-mail address. 我们收集您的姓名。"
+    tail = runtime._encode(text)
+    expected = []
+    with torch.inference_mode():
+        for prefix in prefixes:
+            head = runtime._encode(prefix)
+            logprobs = runtime.model(input_ids=torch.tensor([head + tail])).logits[0].float().log_softmax(-1)
+            expected.append(sum(logprobs[len(head) - 1 + i, t].item() for i, t in enumerate(tail)))
+    assert len({len(runtime._encode(p)) for p in prefixes}) == len(prefixes)
+    assert runtime.score_texts(prefixes, text) == pytest.approx(expected, abs=1e-3)
+    assert runtime.score_texts([], text) == []
+    with pytest.raises(ValueError, match="at least one token"):
+        runtime.score_texts(["A", ""], text)
 
 
 def test_batcher_runs_concurrent_submissions_as_one_batch(runtime: ModelRuntime) -> None:

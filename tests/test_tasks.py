@@ -1,6 +1,17 @@
-import pytest
+import asyncio
+from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
+from annotate import runner
 from annotate.tasks import TaskFileError, builtin_names, load_task
+from annotate.teacher import ChatRequest, ChatResult, Guide
+
+from helpers import ingested_store, openai_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CUES_HEAD = "name: c\ndescription: d\nprompt: {role: r, goal: g, output_example: 'a####r'}\nstudent_instruction: s\n"
 
 
 def test_every_builtin_loads_and_renders_all_steps():
@@ -72,3 +83,74 @@ def test_few_shot_examples_become_message_pairs(tmp_path):
     msgs = load_task(f).messages("main", "REAL")
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     assert "EX-TEXT" in msgs[1]["content"] and msgs[2]["content"] == "no####because" and "REAL" in msgs[3]["content"]
+
+
+def test_topic_example_loads_with_one_cue_per_label(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    task = load_task("examples/tasks/topic.yaml")
+    assert task.spec.labels == ["privacy", "finance", "workplace", "outdoors"]
+    assert task.label_cues("main") == [task.spec.label_cues[label] for label in task.spec.labels]
+    assert "####" in task.student_instruction()
+
+
+def test_label_cues_come_in_label_order_and_must_match_the_labels(tmp_path):
+    f = tmp_path / "cues.yaml"
+    f.write_text(CUES_HEAD + "labels: [a, b]\nlabel_cues: {b: 'About B:', a: 'About A:'}\n", encoding="utf-8")
+    assert load_task(f).label_cues("main") == ["About A:", "About B:"]
+    f.write_text(CUES_HEAD + "labels: [a, b]\nlabel_cues: {a: 'About A:', c: 'About C:'}\n", encoding="utf-8")
+    with pytest.raises(TaskFileError, match=r"cues\.yaml: 'label_cues'.*add a cue for b; remove c"):
+        load_task(f)
+    f.write_text(CUES_HEAD + "label_cues: {a: 'About A:'}\n", encoding="utf-8")
+    with pytest.raises(TaskFileError, match=r"cues\.yaml: 'label_cues' needs 'labels'"):
+        load_task(f)
+    f.write_text(CUES_HEAD + "kind: qa\nanswer_prompt: {role: r, goal: g, output_example: x}\nanswer_labels: [a]\n"
+                 "label_cues: {a: 'About A:'}\n", encoding="utf-8")
+    with pytest.raises(TaskFileError, match=r"cues\.yaml: 'label_cues' only apply to kind 'single'"):
+        load_task(f)
+    assert load_task("relevance").label_cues("main") is None
+
+
+def test_cues_change_the_request_hash_and_requests_without_them_keep_theirs():
+    plain = ChatRequest(messages=[{"role": "user", "content": "Is this about privacy?"}], model="m",
+                        temperature=0, max_tokens=16, guide=Guide(labels=["yes", "no"]))
+    # Computed before Guide had cues: answers stored under it must still be found.
+    assert plain.request_hash() == "1f36eaccc4672a52430d164bd9d7190d85ed740d9ff114c53771140841d4ffed"
+    assert plain.model_copy(update={"guide": None}).request_hash() == (
+        "556631f2610120601a91a390d0cea9d981a7773dcd0908f0c6a459fbbb3306cc"
+    )
+
+    def cued(cues: list[str]) -> str:
+        guide = Guide(labels=["yes", "no"], cues=cues, source="Is this about privacy?")
+        return plain.model_copy(update={"guide": guide}).request_hash()
+
+    assert len({plain.request_hash(), cued(["Yes:\n", "No:\n"]), cued(["Yes:\n", "Nope:\n"])}) == 3
+    with pytest.raises(ValidationError, match="one cue per label"):
+        Guide(labels=["yes", "no"], cues=["Yes:\n"], source="text")
+
+
+class _Recorder:
+    """A teacher that answers every request with the first label and keeps the requests."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.requests: list[ChatRequest] = []
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        self.requests.append(request)
+        return ChatResult(content="privacy####a reason", prompt_tokens=1, completion_tokens=1)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_job_requests_carry_the_cues_and_the_chunk_text(tmp_path):
+    texts = ["We collect your e-mail address.", "The canteen opens at seven."]
+    store = ingested_store(tmp_path, texts)
+    task = load_task(ROOT / "examples/tasks/topic.yaml")
+    config = openai_config("http://127.0.0.1:9")  # never called: the job gets its teacher
+    runner.plan(store, task, config)
+    teacher = _Recorder()
+    asyncio.run(runner.run_job(store, task, config, teacher=teacher))
+    assert sorted(r.guide.source for r in teacher.requests) == sorted(texts)
+    assert all(r.guide.cues == task.label_cues("main") for r in teacher.requests)
