@@ -293,17 +293,9 @@ class ModelRuntime:
         width = max(len(c) for c in conts)
         if width == 0:
             return [0.0] * len(conts)
-        rows = [prompt + c for c in conts]
-        length = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        # Left padding: every continuation ends at the last column, so the last width + 1 logits
-        # cover all of them (no full-vocab logits for the whole prompt), and positions must skip pads.
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=width + 1
-        ).logits
+        # Every continuation ends at the last column, so the last width + 1 logits cover all of
+        # them (no full-vocab logits for the whole prompt).
+        logits = self._left_padded_logits([prompt + c for c in conts], keep=width + 1)
         logprobs = logits[:, :-1].float().log_softmax(-1)  # column j predicts token length - width + j
         scores = []
         for row, cont in zip(logprobs, conts):
@@ -313,6 +305,16 @@ class ModelRuntime:
             target = torch.tensor(cont, device=self.device).unsqueeze(-1)
             scores.append(row[width - len(cont) :].gather(-1, target).sum().item())
         return scores
+
+    def _left_padded_logits(self, rows: list[list[int]], keep: int) -> torch.Tensor:
+        """Logits of the last `keep` columns of the rows run as one batch. Left padding lines the
+        rows' ends up in the last columns; positions skip the pads."""
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep).logits
 
     def score_texts(self, prefixes: list[str], text: str) -> list[float]:
         """Total log-prob of `text` after each prefix, as plain text (no chat template).
@@ -337,16 +339,7 @@ class ModelRuntime:
         tail, offsets = list(encoded.input_ids), [tuple(o) for o in encoded.offset_mapping]
         if not tail:
             return [[] for _ in prefixes], []
-        rows = [h + tail for h in heads]
-        length = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        # Left padding puts the text in the last columns of every row; positions must skip pads.
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=len(tail) + 1
-        ).logits
+        logits = self._left_padded_logits([h + tail for h in heads], keep=len(tail) + 1)
         target = torch.tensor(tail, device=self.device).unsqueeze(-1)
         # One row at a time: a chunk's worth of full-vocab log-probs per row is plenty of memory.
         scores = [row[:-1].float().log_softmax(-1).gather(-1, target).squeeze(-1).tolist() for row in logits]

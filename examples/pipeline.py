@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # proof.py, when run a
 import proof  # noqa: E402
 
 from annotate.config import load_config  # noqa: E402
+from annotate.records import Sample  # noqa: E402
 from annotate.store import Store  # noqa: E402
 from annotate.tasks import load_task  # noqa: E402
 from annotate.yamlfile import apply_overrides, load_mapping, validate  # noqa: E402
@@ -155,14 +156,13 @@ class Pipeline:
         """check, sample, review, report, export. False when the sample still waits for a person."""
         self.step("2/6 quality control: checks, a sized sample, its review, approved records")
         self.sh("qc", "check", "-t", task)
-        with Store.open(self.ws) as store:
-            samples = [s for s in store.samples() if task in s.tasks]
-        if samples:
-            console.print(f"sample {samples[-1].name} was drawn before: reviewing it, not drawing another")
+        sample = self._current_sample(task)
+        if sample is not None:
+            console.print(f"sample {sample.name} was drawn from these same records before: reviewing it, not drawing another")
         else:
             self.sh("qc", "sample", "-t", task, *self.config.sample)
-        with Store.open(self.ws) as store:
-            sample = [s for s in store.samples() if task in s.tasks][-1]
+            sample = self._current_sample(task)
+            assert sample is not None
         if self.config.review == "scripted":
             self.scripted_review(sample.name)
         elif self._unreviewed(sample.name):
@@ -172,6 +172,19 @@ class Pipeline:
         self.sh("qc", "report", "-s", sample.name)
         self.sh("qc", "export", "-s", sample.name, "-t", task)
         return True
+
+    def _current_sample(self, task: str) -> Sample | None:
+        """The latest sample of the task whose lot is still exactly the task's reviewable records;
+        after new answers (more documents, an edited task) the old sample no longer speaks for them."""
+        from qc.sampling import lot_units, spec_of
+
+        with Store.open(self.ws) as store:
+            for sample in reversed(store.samples()):
+                if task in sample.tasks:
+                    assert sample.id is not None
+                    current = {rid for rid, _ in lot_units(store, spec_of(sample))}
+                    return sample if current == set(store.sample_lot(sample.id)) else None
+        return None
 
     def _unreviewed(self, sample_name: str) -> int:
         from qc.report import build_report

@@ -278,9 +278,9 @@ def render_markdown(report: ProofReport) -> str:
          "(fidelity above measures the student against the teacher, right or wrong)" if t.gold_accuracy is not None
          else "- no author labels given: the teacher's own accuracy is unknown"),
         f"- QC: {q.flagged} records flagged by the checks; sample {q.sample} of {q.sample_size} from a lot of {q.lot_size}, "
-        f"verdicts {q.verdicts} by {q.reviewer}: {q.decision}; {q.approved} records approved for training",
+        f"verdicts {q.verdicts} by {q.reviewer}. {q.decision.rstrip('.')}. {q.approved} records approved for training",
         f"- training: {tr.steps} steps, {tr.train_runtime_s or 0:.0f} s in the trainer, {tr.wall_s:.0f} s for the whole "
-        f"command (load, train, merge); final train loss {tr.train_loss if tr.train_loss is not None else 'n/a'}",
+        f"command (load, train, merge); mean train loss {'n/a' if tr.train_loss is None else f'{tr.train_loss:.3f}'}",
         "", "## One ChatRest exchange", "", "```json",
         json.dumps(e.example_request, ensure_ascii=False), json.dumps(e.example_response, ensure_ascii=False), "```", "",
     ]

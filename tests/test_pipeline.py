@@ -112,3 +112,26 @@ def test_lineage_links_every_training_example_to_its_source_file(finished: tuple
                 assert " ".join(chunk.text.split()) in " ".join(Path(doc.path).read_text(encoding="utf-8").split())
             assert ann.task_name == "topic" and ex.reviewer in (None, "demo-script")
     assert {Path(ex.document_path).name for ex in approved} <= set(DOCS)
+
+
+def test_running_again_resumes_instead_of_redoing(finished: tuple[Path, Path, proof.ProofReport],
+                                                  embedded_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws, docs, first = finished
+    with Store.open(ws) as store:
+        calls, samples = store.totals()["calls"], [s.name for s in store.samples()]
+    adapter = ws / "finetune" / "runs" / pipeline.RUN / "adapter" / "adapter_model.safetensors"
+    trained_at = adapter.stat().st_mtime_ns
+    config = pipeline.load_pipeline_config(EXAMPLES / "pipeline.yaml", {
+        "documents": str(docs), "teacher": str(ws.parent / "teacher.yaml"),
+        "finetune.train.max_steps": 2, "finetune.eval_max_new_tokens": 48, "finetune.eval_limit": 2,
+        "serve.max_new_tokens": 48, "serve.proof_inputs": 2,
+    })
+    monkeypatch.setenv("DISTILLERY_CACHE", str(embedded_cache))
+    again = pipeline.Pipeline(config, ws).run()
+    assert again is not None
+    with Store.open(ws) as store:
+        assert store.totals()["calls"] == calls  # no chunk asked twice
+        assert [s.name for s in store.samples()] == samples  # the same lot: no second sample
+        assert len(store.reviews()) == first.qc.sample_size  # its verdicts imported once
+    assert adapter.stat().st_mtime_ns == trained_at  # the finished run was not trained again
+    assert again.fidelity.tuned == first.fidelity.tuned  # greedy decoding of the same model
