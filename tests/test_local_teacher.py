@@ -17,12 +17,12 @@ pytestmark = pytest.mark.model
 LABELS = ["relevant", "irrelevant"]
 
 
-def request(text: str, **kw: object) -> ChatRequest:
+def request(text: str, max_tokens: int = 16, **kw: object) -> ChatRequest:
     messages = [
         {"role": "system", "content": "Judge whether the text is about personal data. Answer label####reason."},
         {"role": "user", "content": text},
     ]
-    return ChatRequest(messages=messages, model="smollm2-135m-instruct", temperature=0, max_tokens=16, **kw)
+    return ChatRequest(messages=messages, model="smollm2-135m-instruct", temperature=0, max_tokens=max_tokens, **kw)
 
 
 async def ask(teacher: LocalTeacher, *requests: ChatRequest) -> list[ChatResult]:
