@@ -30,8 +30,11 @@ import proof  # noqa: E402
 def main(workspace: Path, report_dir: Path | None, sets: tuple[str, ...]) -> None:
     if report_dir is None:
         overrides = dict(item.split("=", 1) for item in sets)
-        config = pipeline.load_pipeline_config(pipeline.DEFAULT_CONFIG, overrides)
-        report = pipeline.Pipeline(config, workspace).run()
+        try:
+            config = pipeline.load_pipeline_config(pipeline.DEFAULT_CONFIG, overrides)
+            report = pipeline.Pipeline(config, workspace).run()
+        except pipeline.PipelineError as exc:
+            raise SystemExit(f"error: {exc}") from exc
         if report is None:
             raise SystemExit("the pipeline stopped for a human review; this bench needs review: scripted")
     else:

@@ -106,6 +106,21 @@ def load_pipeline_config(path: Path, overrides: dict[str, Any] | None = None) ->
     return config
 
 
+def check_inputs(config: PipelineConfig) -> dict[str, str] | None:
+    """Fail before any work on a missing input, naming the key; returns the author's labels."""
+    for name, want_dir in (("documents", True), ("task", False), ("teacher", False), ("gold_labels", False)):
+        value = getattr(config, name)
+        if value is not None and not (value.is_dir() if want_dir else value.is_file()):
+            raise PipelineError(f"{name}: {value} is not a {'folder' if want_dir else 'file'}; fix the path in the "
+                                "pipeline config (relative paths are relative to the config file)")
+    if config.gold_labels is None:
+        return None
+    try:
+        return proof.read_gold(config.gold_labels)
+    except ValueError as exc:
+        raise PipelineError(f"gold_labels: {exc}") from exc
+
+
 class Pipeline:
     def __init__(self, config: PipelineConfig, workspace: Path) -> None:
         self.config = config
@@ -116,6 +131,7 @@ class Pipeline:
             # wait on each other ran SmolLM2 2-4x slower than one (bench/finetune_step.py).
             self.env["OMP_NUM_THREADS"] = str(config.threads)
         self.timings: dict[str, float] = {}
+        self.gold = check_inputs(config)
 
     # -- running the stages' commands ----------------------------------------------------------
 
@@ -152,8 +168,8 @@ class Pipeline:
         self.sh("annotate", "run", "-c", c.teacher, "--task", c.task, step="annotate")
         return load_task(c.task).name
 
-    def qc(self, task: str) -> bool:
-        """check, sample, review, report, export. False when the sample still waits for a person."""
+    def qc(self, task: str) -> str | None:
+        """check, sample, review, report, export: the sample's name, None while it waits for a person."""
         self.step("2/6 quality control: checks, a sized sample, its review, approved records")
         self.sh("qc", "check", "-t", task)
         sample = self._current_sample(task)
@@ -168,10 +184,10 @@ class Pipeline:
         elif self._unreviewed(sample.name):
             console.print(f"[yellow]sample {sample.name} waits for a reviewer[/]: run "
                           f"[bold]distill-qc -w {self._show(self.ws)} review[/], then this pipeline again.")
-            return False
+            return None
         self.sh("qc", "report", "-s", sample.name)
         self.sh("qc", "export", "-s", sample.name, "-t", task)
-        return True
+        return sample.name
 
     def _current_sample(self, task: str) -> Sample | None:
         """The latest sample of the task whose lot is still exactly the task's reviewable records;
@@ -187,13 +203,10 @@ class Pipeline:
         return None
 
     def _unreviewed(self, sample_name: str) -> int:
-        from qc.report import build_report
-
         with Store.open(self.ws) as store:
             sample = store.sample(sample_name)
             assert sample is not None
-            report = build_report(store, sample, str(self.ws))
-        return sample.size - sum(report.verdicts.values())
+            return sample.size - len({r.annotation_id for r in store.reviews(sample_id=sample.id)})
 
     def scripted_review(self, sample_name: str) -> None:
         """The demo's reviewer: the spreadsheet round trip a person would do offline, with every
@@ -248,18 +261,18 @@ class Pipeline:
 
     # -- the proof --------------------------------------------------------------------------------
 
-    def report(self, task: str, early_exit: proof.EarlyExitFigures) -> proof.ProofReport:
+    def report(self, task: str, sample_name: str, early_exit: proof.EarlyExitFigures) -> proof.ProofReport:
         from finetune.evaluate import EvalReport, load_test_split
         from qc.report import build_report
 
         self.step("6/6 report")
         c = self.config
         job = load_config(c.teacher, {"task": str(c.task)})
-        gold = proof.read_gold(c.gold_labels) if c.gold_labels else None
         with Store.open(self.ws) as store:
             teacher = proof.teacher_figures(store, task, job.teacher.resolved_model(), job.price().currency,
-                                            self.timings.get("annotate", 0.0), c.documents, gold)
-            sample = [s for s in store.samples() if task in s.tasks][-1]
+                                            self.timings.get("annotate", 0.0), c.documents, self.gold)
+            sample = store.sample(sample_name)
+            assert sample is not None
             qc_report = build_report(store, sample, str(self.ws))
             reviewers = sorted({r.reviewer for r in store.reviews(sample_id=sample.id)})
             flagged = len(store.flags(task_names=[task]))
@@ -291,11 +304,12 @@ class Pipeline:
 
     def run(self) -> proof.ProofReport | None:
         task = self.annotate()
-        if not self.qc(task):
+        sample = self.qc(task)
+        if sample is None:
             return None
         self.finetune()
         figures = self.serve()
-        report = self.report(task, figures)
+        report = self.report(task, sample, figures)
         print_summary(report, self.ws)
         return report
 

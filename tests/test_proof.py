@@ -81,3 +81,23 @@ def test_gold_labels_need_the_header(tmp_path: Path) -> None:
         proof.read_gold(path)
     path.write_text("file,label\n a.txt ,privacy\n", encoding="utf-8")
     assert proof.read_gold(path) == {"a.txt": "privacy"}
+
+
+def test_pipeline_inputs_are_checked_before_any_work(tmp_path: Path) -> None:
+    import pipeline
+
+    examples = Path(pipeline.__file__).parent
+    config = pipeline.load_pipeline_config(examples / "pipeline.yaml", {"documents": str(tmp_path / "nowhere")})
+    with pytest.raises(pipeline.PipelineError, match=r"documents: .*nowhere is not a folder"):
+        pipeline.Pipeline(config, tmp_path / "ws")
+    assert not (tmp_path / "ws").exists()
+    (tmp_path / "gold.csv").write_text("name,topic\na.txt,privacy\n", encoding="utf-8")
+    config = pipeline.load_pipeline_config(examples / "pipeline.yaml", {"gold_labels": str(tmp_path / "gold.csv")})
+    with pytest.raises(pipeline.PipelineError, match="gold_labels: .*gold.csv: needs a header 'file,label'"):
+        pipeline.Pipeline(config, tmp_path / "ws")
+    with pytest.raises(pipeline.PipelineError, match="finetune.test"):
+        pipeline.load_pipeline_config(examples / "pipeline.yaml", {"finetune.test": "1.5"})
+    # The shipped config resolves its inputs next to itself and they all exist.
+    shipped = pipeline.load_pipeline_config(examples / "pipeline.yaml")
+    assert pipeline.check_inputs(shipped) == proof.read_gold(examples / "gold_labels.csv")
+    assert shipped.documents == examples / "docs" and len(proof.read_gold(examples / "gold_labels.csv")) == 40
