@@ -38,6 +38,7 @@ from annotate.records import Sample  # noqa: E402
 from annotate.store import Store  # noqa: E402
 from annotate.tasks import load_task  # noqa: E402
 from annotate.yamlfile import apply_overrides, load_mapping, validate  # noqa: E402
+from qc.report import pct  # noqa: E402
 
 console = Console(soft_wrap=True)
 HERE = Path(__file__).resolve().parent
@@ -89,7 +90,7 @@ class PipelineConfig(BaseModel):
     finetune: FinetuneStep = Field(default_factory=FinetuneStep)
     serve: ServeStep = Field(default_factory=ServeStep)
     targets: Targets = Field(default_factory=Targets)
-    threads: int | None = Field(1, ge=1)  # OMP/torch threads for the model steps (None: torch's default)
+    threads: int | None = Field(None, ge=1)  # OMP/torch threads for the model steps (None: torch's default)
 
 
 def load_pipeline_config(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -326,9 +327,9 @@ def print_summary(report: proof.ProofReport, workspace: Path) -> None:
         table.add_row(t.name, t.wanted, t.got, "[green]yes[/]" if t.met else "[red]NO[/]")
     console.print(table)
     f, e, tr, te = report.fidelity, report.early_exit, report.training, report.teacher
-    console.print(f"student: format {proof._pct(f.base.format_compliance)} -> {proof._pct(f.tuned.format_compliance)}, "
-                  f"agreement with the teacher {proof._pct(f.base.accuracy)} -> {proof._pct(f.tuned.accuracy)} "
-                  f"(macro-F1 {proof._pct(f.base.macro_f1)} -> {proof._pct(f.tuned.macro_f1)}) on {f.test_examples} held-out chunks")
+    console.print(f"student: format {pct(f.base.format_compliance)} -> {pct(f.tuned.format_compliance)}, "
+                  f"agreement with the teacher {pct(f.base.accuracy)} -> {pct(f.tuned.accuracy)} "
+                  f"(macro-F1 {pct(f.base.macro_f1)} -> {pct(f.tuned.macro_f1)}) on {f.test_examples} held-out chunks")
     console.print(f"teacher: {te.prompt_tokens + te.completion_tokens:,} tokens, {te.cost:.2f} {te.currency}; "
                   f"training {tr.wall_s:.0f} s; serving {e.tokens_per_s:.1f} tokens/s, early exit {e.speedup:.1f}x")
     where = {

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from annotate.accounting import DEFAULT_PRICES, cost
 from annotate.store import Store
 from finetune.evaluate import EvalReport, ModelScores
+from qc.report import pct
 from qc.stats import wilson
 
 REPORT_JSON = "report.json"
@@ -229,10 +230,6 @@ def measure_early_exit(url: str, prompts: list[str], count_tokens: Callable[[str
 # -- targets and the written report ----------------------------------------------------------
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
 def check_targets(fidelity: FidelityFigures, early_exit: EarlyExitFigures, *, min_format: float,
                   min_speedup: float, min_gain: float) -> list[Target]:
     """The issue's targets: format >= 95% after tuning, early exit >= 3x, fidelity well above base
@@ -240,12 +237,12 @@ def check_targets(fidelity: FidelityFigures, early_exit: EarlyExitFigures, *, mi
     tuned, base = fidelity.tuned, fidelity.base
     floor = max(base.accuracy, fidelity.majority_baseline)
     return [
-        Target(name="format compliance after tuning", wanted=f">= {_pct(min_format)}",
-               got=f"{_pct(tuned.format_compliance)} (base {_pct(base.format_compliance)})",
+        Target(name="format compliance after tuning", wanted=f">= {pct(min_format)}",
+               got=f"{pct(tuned.format_compliance)} (base {pct(base.format_compliance)})",
                met=tuned.format_compliance >= min_format),
-        Target(name="fidelity to the teacher", wanted=f"accuracy >= {_pct(floor + min_gain)} (base/majority + {_pct(min_gain)})",
-               got=f"{_pct(tuned.accuracy)}, macro-F1 {_pct(tuned.macro_f1)} (base {_pct(base.accuracy)}, "
-                   f"majority {_pct(fidelity.majority_baseline)})",
+        Target(name="fidelity to the teacher", wanted=f"accuracy >= {pct(floor + min_gain)} (base/majority + {pct(min_gain)})",
+               got=f"{pct(tuned.accuracy)}, macro-F1 {pct(tuned.macro_f1)} (base {pct(base.accuracy)}, "
+                   f"majority {pct(fidelity.majority_baseline)})",
                met=tuned.accuracy >= floor + min_gain),
         Target(name="early-exit speedup", wanted=f">= {min_speedup:g}x", got=f"{early_exit.speedup:.1f}x",
                met=early_exit.speedup >= min_speedup),
@@ -262,10 +259,10 @@ def render_markdown(report: ProofReport) -> str:
         "## Student before and after tuning (test split, against the teacher's answers)", "",
         f"{f.test_examples} held-out examples from documents the student never trained on "
         f"({f.train_examples} training examples). Majority baseline: always `{f.majority_label}` scores "
-        f"{_pct(f.majority_baseline)}.", "",
+        f"{pct(f.majority_baseline)}.", "",
         "| model | format compliance | accuracy [95% CI] | macro-F1 | generated tokens |", "| --- | --- | --- | --- | --- |",
-        *[f"| {s.name} | {_pct(s.format_compliance)} | {_pct(s.accuracy)} [{_pct(s.accuracy_ci[0])}, {_pct(s.accuracy_ci[1])}] "
-          f"| {_pct(s.macro_f1)} | {s.mean_generated_tokens:.0f} |" for s in (f.base, f.tuned)], "",
+        *[f"| {s.name} | {pct(s.format_compliance)} | {pct(s.accuracy)} [{pct(s.accuracy_ci[0])}, {pct(s.accuracy_ci[1])}] "
+          f"| {pct(s.macro_f1)} | {s.mean_generated_tokens:.0f} |" for s in (f.base, f.tuned)], "",
         "## Early exit (tuned student behind `distill-serve`, one request at a time)", "",
         f"{e.inputs} inputs. Conclusion only: median {e.median_conclusion_s:.2f} s, {e.mean_conclusion_tokens:.0f} tokens "
         f"in the answer. With the reasoning: median {e.median_full_s:.2f} s, {e.mean_full_tokens:.0f} tokens. "
@@ -274,7 +271,7 @@ def render_markdown(report: ProofReport) -> str:
         f"- teacher `{t.model}`: {t.records} answers kept, {t.invalid} broke the format; {t.prompt_tokens:,} prompt + "
         f"{t.completion_tokens:,} completion tokens, cost {t.cost:.4f} {t.currency} in {t.wall_s:.0f} s "
         f"(at {KIMI_PRICE_MODEL} list prices these token counts would cost {t.kimi_list_cost_cny:.4f} CNY)",
-        (f"- the teacher agreed with the author's labels on {_pct(t.gold_accuracy)} of {t.gold_records} documents "
+        (f"- the teacher agreed with the author's labels on {pct(t.gold_accuracy)} of {t.gold_records} documents "
          "(fidelity above measures the student against the teacher, right or wrong)" if t.gold_accuracy is not None
          else "- no author labels given: the teacher's own accuracy is unknown"),
         f"- QC: {q.flagged} records flagged by the checks; sample {q.sample} of {q.sample_size} from a lot of {q.lot_size}, "
