@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,17 +13,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from distillery.config import parse_sets
+from distillery.errors import ConfigError
+from distillery.options import teacher_options, workspace_option
+from distillery.records import LineageRecord
+from distillery.store import Store
+from distillery.tasks import TaskFileError, builtin_names, load_task
+from distillery.teacher_config import load_job_config
+
 from . import runner
-from .config import ConfigError, load_config
-from .options import teacher_options
 from .ingest import ChunkingConfig, ingest
 from .readers import SUPPORTED_SUFFIXES
-from .records import LineageRecord
-from .store import Store
-from .tasks import TaskFileError, builtin_names, load_task
 
 console = Console(stderr=True, soft_wrap=True)  # paths and errors stay on one greppable line
-DEFAULT_WORKSPACE = os.environ.get("DISTILLERY_WORKSPACE", "workspace")
 
 
 def _store(ctx: click.Context) -> Store:
@@ -32,8 +33,7 @@ def _store(ctx: click.Context) -> Store:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKSPACE,
-              show_default=True, help="Workspace directory (holds distillery.db). Env: DISTILLERY_WORKSPACE.")
+@workspace_option
 @click.pass_context
 def main(ctx: click.Context, workspace: Path) -> None:
     """Annotate documents with a teacher model: ingest files, run a task, export the records."""
@@ -90,16 +90,6 @@ def tasks_cmd(name: str | None) -> None:
     Console().print(table)
 
 
-def _parse_vars(values: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--var")
-        out[key] = value
-    return out
-
-
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -131,8 +121,8 @@ def run_cmd(ctx: click.Context, task_name: str | None, config_path: Path | None,
     overrides = {"task": task_name, "budget": options.pop("budget")}
     overrides |= {f"teacher.{k}": v for k, v in options.items()}
     try:
-        config = load_config(config_path, overrides)
-        task = load_task(config.task, overrides={**config.vars, **_parse_vars(var_items)} or None)
+        config = load_job_config(config_path, overrides)
+        task = load_task(config.task, overrides={**config.vars, **parse_sets(var_items, option="--var")} or None)
     except (ConfigError, TaskFileError) as exc:
         raise click.ClickException(str(exc)) from exc
     retry_states = tuple(s for s in retry.split(",") if s)

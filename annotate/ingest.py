@@ -9,10 +9,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from distillery.records import Chunk, Document
+from distillery.store import Store
+
 from .chunking import chunk_document, chunk_id
 from .readers import ReadError, SourceDoc, iter_files, read_file_report
-from .records import Chunk, Document
-from .store import Store
 
 
 class ChunkingConfig(BaseModel):
@@ -41,7 +42,7 @@ def length_function(config: ChunkingConfig) -> Callable[[str], int]:
         return len
     from transformers import AutoTokenizer  # the model extra; only needed for token units
 
-    from .runtime import embedded_model_dir
+    from distillery.runtime import embedded_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or embedded_model_dir())
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False))

@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import charset_normalizer
 from pydantic import BaseModel, Field
 
+from distillery.errors import DistilleryError
+
 __all__ = [
     "Page",
     "SourceDoc",
@@ -54,7 +56,7 @@ class SourceDoc(BaseModel):
         return "\n\n".join(page.text for page in self.pages)
 
 
-class ReadError(Exception):
+class ReadError(DistilleryError):
     """A file that cannot be turned into text; `reason` says what to do about it."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

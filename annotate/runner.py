@@ -1,8 +1,8 @@
 """The annotation job: every planned chunk x task through the teacher, exactly once.
 
-Flow per record: render the task's messages -> hash the request -> reuse a stored answer
-or record the call as 'sent' and send it -> store the raw answer the moment it arrives ->
-parse `conclusion####reasoning` -> re-ask with the error stated, a bounded number of times.
+Flow per record: render the task's messages -> pay for the request through the call ledger
+(`distillery.ledger`: a stored answer is reused, a new one committed on arrival) -> parse
+`conclusion####reasoning` -> re-ask with the error stated, a bounded number of times.
 A kill at any point loses at most the answers in flight; a re-run sends no request whose
 answer is stored.
 """
@@ -13,31 +13,28 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+
 from pydantic import BaseModel, Field
 
-from .accounting import Price, cost, estimate_prompt_tokens
-from .config import JobConfig
-from .parsing import ContractError
-from .records import Annotation, Step
-from .store import Store
-from .tasks import Task
-from .teacher import ChatRequest, ChatResult, Guide, Message, Teacher, TeacherError
+from distillery.accounting import Price, cost, estimate_prompt_tokens
+from distillery.ledger import JobStopped, Ledger, LedgerStats
+from distillery.parsing import ContractError
+from distillery.records import Annotation, Step
+from distillery.store import Store
+from distillery.tasks import Task
+from distillery.teacher import ChatRequest, Guide, Message, Teacher, TeacherError
+from distillery.teacher_config import JobConfig, build_teacher
 
 
-class JobStats(BaseModel):
-    """Live figures of one run; the progress bar and the final summary read these."""
+class JobStats(LedgerStats):
+    """Live figures of one run (the ledger's calls, tokens and cost, and the records');
+    the progress bar and the final summary read these."""
 
     total: int = 0  # records this run will work on (grows when QA questions fan out)
     done: int = 0
     by_status: dict[str, int] = Field(default_factory=dict)
-    calls_sent: int = 0
-    calls_reused: int = 0  # answers found in the store: not paid again
     retries: int = 0  # HTTP attempts retried inside the client (429, 5xx, resets...)
     reasks: int = 0  # answers that broke the contract and were asked again
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    currency: str = "CNY"
     elapsed_s: float = 0.0
     stopped: str | None = None  # why the run ended early, if it did
     errors: list[str] = Field(default_factory=list)  # the first few record-level errors
@@ -56,10 +53,6 @@ class Estimate(BaseModel):
 def annotation_id(chunk_id: str, task_hash: str, model: str, step: str, parent_id: str | None, index: int) -> str:
     key = "\x00".join([chunk_id, task_hash, model, step, parent_id or "", str(index)])
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
-
-
-class JobStopped(Exception):
-    """The whole job must stop (quota, auth, budget); the message says what to do."""
 
 
 def _planned(task: Task, model: str, provider: str, chunk_ids: Iterator[str]) -> Iterator[Annotation]:
@@ -128,12 +121,12 @@ def estimate(store: Store, task: Task, config: JobConfig) -> Estimate:
 class Job:
     def __init__(self, store: Store, task: Task, config: JobConfig, *, teacher: Teacher | None = None) -> None:
         self.store, self.task, self.config = store, task, config
-        self.teacher = teacher or build_teacher(config, on_retry=self.on_retry)
+        self.teacher = teacher or build_teacher(config.teacher, on_retry=self.on_retry)
         self.model = config.teacher.resolved_model()
-        self.base_url = config.teacher.resolved_base_url()
         self.price: Price = config.price()
         self.stats = JobStats(currency=self.price.currency)
-        self.spent_before = store.spent()
+        self.ledger = Ledger(store, self.teacher, model=self.model, base_url=config.teacher.resolved_base_url(),
+                             price=self.price, budget=config.budget, stats=self.stats)
         self.stop = asyncio.Event()
 
     # -- one call, paid at most once ------------------------------------------------------
@@ -149,49 +142,6 @@ class Job:
             max_tokens=self.config.teacher.max_tokens,
             guide=guide,
         )
-
-    async def call(self, ann: Annotation, request: ChatRequest) -> tuple[str, ChatResult]:
-        """Send `request` for `ann` unless its answer is stored; budget, ledger and limits apply."""
-        h = request.request_hash()
-        row = self.store.answered_call(h)
-        if row is not None:
-            self.stats.calls_reused += 1
-            return h, ChatResult(
-                content=row["content"],
-                finish_reason=row["finish_reason"],
-                prompt_tokens=row["prompt_tokens"],
-                completion_tokens=row["completion_tokens"],
-                latency_s=row["latency_s"],
-                attempts=0,
-            )
-        budget = self.config.budget
-        if budget is not None and self.spent_before + self.stats.cost >= budget:
-            raise JobStopped(f"budget of {budget:g} {self.price.currency} reached; raise --budget and run again to go on")
-        self.store.call_sent(
-            h, annotation_id=ann.id, provider=self.teacher.name, base_url=self.base_url, model=self.model, request=request.body()
-        )
-        self.stats.calls_sent += 1
-        try:
-            result = await self.teacher.complete(request)
-        except TeacherError as exc:
-            self.store.call_failed(h, kind=exc.kind, error=exc.message, attempts=exc.attempts)
-            raise
-        paid = cost(self.price, result.prompt_tokens, result.completion_tokens)
-        self.store.call_answered(
-            h,
-            response=result.raw,
-            content=result.content,
-            finish_reason=result.finish_reason,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            cost=paid,
-            latency_s=result.latency_s,
-            attempts=result.attempts,
-        )
-        self.stats.prompt_tokens += result.prompt_tokens
-        self.stats.completion_tokens += result.completion_tokens
-        self.stats.cost += paid
-        return h, result
 
     # -- one record -------------------------------------------------------------------------
 
@@ -212,10 +162,8 @@ class Job:
         answers = self.task.spec.contract.max_reasks + 1
         for answer in range(1, answers + 1):
             try:
-                h, result = await self.call(ann, self._request(messages, ann.step, chunk.text))
+                h, result, _ = await self.ledger.call(ann.id, self._request(messages, ann.step, chunk.text))
             except TeacherError as exc:
-                if exc.fatal:
-                    raise JobStopped(_fatal_advice(exc)) from exc
                 ann.status = {"content_filter": "refused", "context_overflow": "too_long"}.get(exc.kind, "failed")
                 ann.error = f"{exc.kind}: {exc.message} [{self._where(ann)}]"
                 self._finish(ann)
@@ -314,33 +262,6 @@ class Job:
 
     def on_retry(self, error: TeacherError) -> None:
         self.stats.retries += 1
-
-
-def _fatal_advice(exc: TeacherError) -> str:
-    if exc.kind == "quota":
-        return f"the provider says the account is out of quota/balance ({exc.message}); top it up and run the same command again to resume"
-    return f"the provider rejected the API key ({exc.message}); check the key variable and run again"
-
-
-def build_teacher(config: JobConfig, on_retry: Callable[[TeacherError], None] | None = None) -> Teacher:
-    t = config.teacher
-    if t.resolved_provider() == "local":
-        from .local_teacher import LocalTeacher  # needs the model extra
-
-        return LocalTeacher(model_path=t.local_model_path, model_name=t.resolved_model())
-    from .client import OpenAIChatClient
-
-    base_url = t.resolved_base_url()
-    assert base_url is not None
-    return OpenAIChatClient(
-        base_url,
-        t.api_key(),
-        limits=t.limits(),
-        max_retries=t.max_retries,
-        backoff_base_s=t.backoff_s,
-        timeout_s=t.timeout_s,
-        on_retry=on_retry,
-    )
 
 
 async def run_job(

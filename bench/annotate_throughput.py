@@ -29,10 +29,12 @@ from pathlib import Path
 import httpx
 
 from annotate import runner
-from annotate.config import load_config
-from annotate.records import Chunk, Document
-from annotate.store import Store
-from annotate.tasks import load_task
+from distillery.records import Chunk, Document
+from distillery.store import Store
+from distillery.tasks import load_task
+from distillery.teacher_config import load_job_config
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the Moonshot double lives there, not in the product
 
 KEY = "sk-bench"
 
@@ -44,15 +46,16 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m annotate.fakeserver` in its own process, so its CPU is not ours."""
+    """`python -m doubles.moonshot` in its own process, so its CPU is not ours."""
 
     def __init__(self, latency: float, rpm: int | None) -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "annotate.fakeserver", "--port", str(self.port), "--latency", str(latency),
+        cmd = [sys.executable, "-m", "doubles.moonshot", "--port", str(self.port), "--latency", str(latency),
                "--api-key", KEY]
         if rpm:
             cmd += ["--rpm", str(rpm)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         self.url = f"http://127.0.0.1:{self.port}/v1"
         for _ in range(100):
             try:
@@ -86,7 +89,7 @@ def make_store(folder: Path, n: int) -> Store:
 
 
 def job(store: Store, url: str, **teacher: object) -> runner.JobStats:
-    config = load_config(None, {"teacher.provider": "openai", "teacher.base_url": url, "teacher.api_key_env": "BENCH_KEY",
+    config = load_job_config(None, {"teacher.provider": "openai", "teacher.base_url": url, "teacher.api_key_env": "BENCH_KEY",
                                 "teacher.max_tokens": 64, **{f"teacher.{k}": v for k, v in teacher.items()}})
     task = load_task("relevance")
     runner.plan(store, task, config)

@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path.insert(0, str(TESTS))  # the test doubles (synthetic examples) live there, not in the product
+
 QWEN2_7B = {"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
             "intermediate_size": 18944, "vocab_size": 152064, "rope_theta": 1_000_000.0,
             "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
@@ -40,9 +43,10 @@ def load_figures() -> str:
 
 
 def bench_smollm2(args: argparse.Namespace) -> None:
+    from distillery.jsonl import write_jsonl
+    from doubles.examples import sample_examples
     from finetune.config import RunOptions, build_config, write_run
     from finetune.prepare import PrepareOptions, prepare
-    from finetune.sample import sample_examples, write_jsonl
     from finetune.train import TrainProgress, train
     from finetune.workspace import Manifest
 

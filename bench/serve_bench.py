@@ -286,7 +286,8 @@ def gpu_mode(args: argparse.Namespace) -> None:
         sys.exit(f"--gpu needs a CUDA GPU, and torch.cuda.is_available() is False here (torch {torch.__version__}, "
                  f"built for CUDA {torch.version.cuda or 'none'}). Run it on a GPU host: see serve/README.md, "
                  "'Benchmark on a GPU'.")
-    from annotate.runtime import Batcher, GenerationConfig, ModelRuntime
+    from distillery.engine import Batcher
+    from distillery.runtime import GenerationConfig, ModelRuntime
 
     name = torch.cuda.get_device_name()
     bandwidth = args.bandwidth_tbs * 1e12 if args.bandwidth_tbs else next(

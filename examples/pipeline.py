@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # proof.py, when run a
 
 import proof  # noqa: E402
 
-from annotate.config import load_config  # noqa: E402
-from annotate.records import Sample  # noqa: E402
-from annotate.store import Store  # noqa: E402
-from annotate.tasks import load_task  # noqa: E402
-from annotate.yamlfile import apply_overrides, load_mapping, validate  # noqa: E402
+from distillery.config import apply_overrides, load_mapping, validate  # noqa: E402
+from distillery.records import Sample  # noqa: E402
+from distillery.store import Store  # noqa: E402
+from distillery.tasks import load_task  # noqa: E402
+from distillery.teacher_config import load_job_config  # noqa: E402
 from qc.report import pct  # noqa: E402
 
 console = Console(soft_wrap=True)
@@ -240,9 +240,10 @@ class Pipeline:
         self.sh("finetune", "eval", "--run", RUN, "--max-new-tokens", f.eval_max_new_tokens, *limit)
 
     def serve(self) -> proof.EarlyExitFigures:
+        from transformers import AutoTokenizer
+
         from finetune.evaluate import load_test_split
         from serve.process import ServerProcess
-        from transformers import AutoTokenizer
 
         self.step("5/6 serve: the tuned student behind POST /algorithm/ChatRest")
         merged = self.ws / "finetune" / "runs" / RUN / "merged"
@@ -268,7 +269,7 @@ class Pipeline:
 
         self.step("6/6 report")
         c = self.config
-        job = load_config(c.teacher, {"task": str(c.task)})
+        job = load_job_config(c.teacher, {"task": str(c.task)})
         with Store.open(self.ws) as store:
             teacher = proof.teacher_figures(store, task, job.teacher.resolved_model(), job.price().currency,
                                             self.timings.get("annotate", 0.0), c.documents, self.gold)

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel
 
-from annotate.accounting import DEFAULT_PRICES, cost
-from annotate.store import Store
+from distillery.accounting import DEFAULT_PRICES, cost
+from distillery.store import Store
 from finetune.evaluate import EvalReport, ModelScores
 from qc.report import pct
 from qc.stats import wilson

@@ -4,5 +4,5 @@ prepare.prepare / check.check_dataset   dataset files, split by document, read b
 config.build_config / config.write_run  the LLaMA-Factory YAML as data (defaults.yaml + overrides)
 train.train                             `llamafactory-cli train` with progress, resume, plain errors
 export.export                           `llamafactory-cli export`: the adapter merged into the base
-evaluate.evaluate                       base vs tuned on the test split, through annotate.runtime
+evaluate.evaluate                       base vs tuned on the test split, through distillery.runtime
 """

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from annotate.records import SEPARATOR
+from distillery.records import SEPARATOR
 
 from .workspace import FinetuneError, Manifest, SplitInfo, resolve_model
 

@@ -10,20 +10,22 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from distillery.options import workspace_option
+from distillery.workspace import Workspace
+
 from .check import CheckReport
 from .config import MERGED_DIR, RunOptions, build_config, defaults, load_overrides, read_run, write_run
 from .evaluate import EvalReport
-from .workspace import DEFAULT_MODEL, DEFAULT_SYSTEM, EMBEDDED, FinetuneError, Layout, Manifest
+from .workspace import DEFAULT_MODEL, DEFAULT_SYSTEM, EMBEDDED, FinetuneError, Manifest
 
 console = Console(stderr=True, soft_wrap=True)  # paths and errors stay on one greppable line
 out = Console()  # tables: the results, on stdout
-DEFAULT_WORKSPACE = os.environ.get("DISTILLERY_WORKSPACE", "workspace")
 BASE_MODEL = os.environ.get("DISTILLERY_BASE_MODEL", DEFAULT_MODEL)
 MODEL_HELP = f"Local model dir or hub id, or '{EMBEDDED}' for the bundled SmolLM2-135M (CPU-sized)."
 
 
-def _layout(ctx: click.Context) -> Layout:
-    return Layout(ctx.obj["workspace"])
+def _layout(ctx: click.Context) -> Workspace:
+    return Workspace(ctx.obj["workspace"])
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -31,8 +33,7 @@ def _fail(exc: Exception) -> click.ClickException:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKSPACE,
-              show_default=True, help="Workspace directory. Env: DISTILLERY_WORKSPACE.")
+@workspace_option
 @click.pass_context
 def main(ctx: click.Context, workspace: Path) -> None:
     """Tune a model on the approved records with LLaMA-Factory: prepare, train, eval.
@@ -84,8 +85,8 @@ def prepare_cmd(ctx: click.Context, approved: Path | None, preferences: Path | N
                              cutoff_len=cutoff_len)
     try:
         with console.status("preparing…") as status:
-            report = prepare(approved or layout.approved, out_dir or layout.data, options,
-                             preferences=preferences or default_prefs, workspace=layout.workspace,
+            report = prepare(approved or layout.approved, out_dir or layout.finetune_data, options,
+                             preferences=preferences or default_prefs, workspace=layout.root,
                              on_status=lambda msg: status.update(msg))
     except FinetuneError as exc:
         raise _fail(exc) from exc
@@ -128,7 +129,7 @@ def check_cmd(ctx: click.Context, data_dir: Path | None) -> None:
 
     try:
         with console.status("checking…") as status:
-            report = check_dataset(data_dir or _layout(ctx).data, on_status=lambda msg: status.update(msg))
+            report = check_dataset(data_dir or _layout(ctx).finetune_data, on_status=lambda msg: status.update(msg))
     except FinetuneError as exc:
         raise _fail(exc) from exc
     _print_check(report)
@@ -171,7 +172,7 @@ def train_cmd(ctx: click.Context, run_name: str | None, data_dir: Path | None, m
     from .train import LOG_FILE, TrainProgress, last_checkpoint, train
 
     layout = _layout(ctx)
-    data = data_dir or layout.data
+    data = data_dir or layout.finetune_data
     run_dir = layout.run(run_name or f"{stage}-{method}")
     try:
         manifest = Manifest.load(data)

@@ -6,7 +6,6 @@ run so `llamafactory-cli train <run>/train.yaml` re-runs it by hand.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
@@ -16,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel
 
-from annotate.yamlfile import load_mapping
+from distillery.config import load_mapping, parse_sets, read_mapping, yaml_value
 
 from .workspace import FinetuneError, Manifest, resolve_model
 
@@ -25,7 +24,6 @@ ADAPTER_DIR = "adapter"  # LLaMA-Factory's output_dir: checkpoints, trainer_log.
 MERGED_DIR = "merged"
 DEEPSPEED_FILES = {2: "ds_z2.json", 3: "ds_z3.json"}
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
-_EXPONENT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class RunOptions(BaseModel):
@@ -67,31 +65,11 @@ def resolve_precision(precision: Precision) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads `2e-4` (no dot) as text, and the quoted '2e-4' we would write back reaches
-    LLaMA-Factory as a string; LLaMA-Factory's own loader (OmegaConf) reads it as a float."""
-    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()) else value
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """`key=value` pairs; values are read as YAML, so numbers and booleans keep their type."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise FinetuneError(f"--set '{item}' is not KEY=VALUE (e.g. --set learning_rate=2e-4)")
-        out[key.strip()] = _number(yaml.safe_load(value)) if value else ""
-    return out
-
-
 def load_overrides(path: Path | None, sets: Sequence[str] = ()) -> dict[str, Any]:
-    """A YAML file of LLaMA-Factory keys, then --set pairs on top."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        if not path.is_file():
-            raise FinetuneError(f"{path}: no such config file")
-        data = {k: _number(v) for k, v in load_mapping(path.read_text(encoding="utf-8"), str(path), FinetuneError).items()}
-    return data | parse_sets(sets)
+    """A YAML file of LLaMA-Factory keys, then --set pairs on top. `2e-4` without a dot is a number
+    here, as LLaMA-Factory's own loader (OmegaConf) reads it, not the string YAML 1.1 makes of it."""
+    data = {k: yaml_value(v) for k, v in read_mapping(path, FinetuneError).items()} if path is not None else {}
+    return data | parse_sets(sets, error=FinetuneError)
 
 
 def llamafactory_keys() -> set[str]:
@@ -166,5 +144,5 @@ def write_run(run_dir: Path, config: dict[str, Any]) -> Path:
 def read_run(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / TRAIN_YAML
     if not path.is_file():
-        raise FinetuneError(f"{path} does not exist: run `distill-finetune train` first")
-    return load_mapping(path.read_text(encoding="utf-8"), str(path), FinetuneError)
+        raise FinetuneError(f"{path} does not exist: run `distill finetune train` first")
+    return read_mapping(path, FinetuneError)

@@ -1,6 +1,6 @@
 """Held-out evaluation on the test split, base model and tuned model side by side.
 
-Every model generates through `annotate.runtime.ModelRuntime` (the runtime `serve` uses), with the
+Every model generates through `distillery.runtime.ModelRuntime` (the runtime `serve` uses), with the
 exact prompt the model was trained on (the dataset's system prompt + instruction + input).
 
 - accuracy: the answer's conclusion equals the approved one. An answer that breaks the format is
@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from annotate.parsing import ContractError, match_label, parse_answer
-from annotate.records import TrainingExample
+from distillery.parsing import ContractError, match_label, parse_answer
+from distillery.records import TrainingExample
 
 from .prepare import read_jsonl
 from .workspace import FinetuneError, Manifest, TaskLabels
 
 if TYPE_CHECKING:
-    from annotate.runtime import Quantization
+    from distillery.runtime import Quantization
 
 REPORT_FILE = "eval.json"
 
@@ -152,7 +152,7 @@ def evaluate(
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[EvalReport, dict[str, list[Prediction]]]:
     """Generate an answer for each test example with each candidate, one model in memory at a time."""
-    from annotate.runtime import GenerationConfig, ModelRuntime
+    from distillery.runtime import GenerationConfig, ModelRuntime
 
     manifest, examples = load_test_split(data_dir, limit)
     labels = manifest.tasks  # keyed "task/step", as Prediction.task

@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from annotate.records import SEPARATOR, PreferencePair, TrainingExample
+from distillery import jsonl
+from distillery.records import SEPARATOR, PreferencePair, TrainingExample
+from distillery.workspace import Workspace
 
 from .check import CheckReport, DatasetError, check_dataset
 from .workspace import (
@@ -67,24 +69,8 @@ class PrepareReport(BaseModel):
 
 
 def read_jsonl(path: Path, model: type[M]) -> list[tuple[int, M]]:
-    """(line number, record) for every non-blank line; any bad line fails, named by file and line."""
-    if not path.is_file():
-        raise FinetuneError(f"{path} does not exist")
-    out: list[tuple[int, M]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((lineno, model.model_validate(json.loads(line))))
-            except json.JSONDecodeError as exc:
-                raise FinetuneError(f"{path} line {lineno}: not JSON ({exc.msg})") from exc
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                field = ".".join(map(str, err["loc"])) or "(line)"
-                raise FinetuneError(f"{path} line {lineno}: not a {model.__name__}: field '{field}': {err['msg']} "
-                                    f"({len(exc.errors())} problem(s) in this line)") from exc
-    return out
+    """`distillery.jsonl.read_jsonl` with finetune's error type."""
+    return jsonl.read_jsonl(path, model, FinetuneError)
 
 
 def read_approved(path: Path) -> list[TrainingExample]:
@@ -160,14 +146,13 @@ def task_labels(examples: list[TrainingExample], workspace: Path | None) -> dict
     Lookup order: the workspace store (the exact task version, by hash), a built-in task with the
     same hash, else the approved conclusions themselves when they look like a small closed set.
     """
-    from annotate.tasks import TaskFileError, load_task, parse_task
+    from distillery.tasks import TaskFileError, load_task, parse_task
 
     stored: dict[str, str] = {}
-    db = workspace / "distillery.db" if workspace else None
-    if db is not None and db.is_file():
-        from annotate.store import Store
+    if workspace is not None and Workspace(workspace).exists():
+        from distillery.store import Store
 
-        with Store.open(workspace) as store:  # type: ignore[arg-type]
+        with Store.open(workspace) as store:
             for task_hash in {ex.task_hash for ex in examples}:
                 version = store.task(task_hash)
                 if version is not None:

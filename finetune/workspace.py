@@ -1,11 +1,7 @@
-"""Where the finetune stage reads and writes inside a workspace, and what its steps hand each other.
+"""What the finetune stage's steps hand each other (the paths are `distillery.workspace`'s):
 
-    <workspace>/exports/approved.jsonl           qc's approved records (TrainingExample), the input
-    <workspace>/exports/preference_pairs.jsonl   qc's corrections as DPO pairs (PreferencePair)
-    <workspace>/finetune/data/                   `prepare`: LLaMA-Factory files + dataset_info.json
-                                                 + manifest.json (what every later step reads)
-    <workspace>/finetune/runs/<run>/             `train`: train.yaml, ds_z*.json, adapter/, merged/,
-                                                 eval/ (one directory per run, re-runnable by hand)
+    finetune/data/manifest.json     `prepare`'s record of the dataset, read by check, train and eval
+    <model dir>/distillery_prompt.json   how the tuned model must be prompted (eval and serve read it)
 """
 
 from __future__ import annotations
@@ -15,6 +11,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
+
+from distillery.errors import DistilleryError
 
 DEFAULT_MODEL = "Qwen/Qwen2-7B-Instruct"
 EMBEDDED = "embedded"  # --model value meaning the embedded SmolLM2-135M-Instruct (trains on a CPU)
@@ -29,34 +27,14 @@ MANIFEST = "manifest.json"
 PROMPT_FILE = "distillery_prompt.json"  # beside an adapter or a merged model: how to prompt it
 
 
-class FinetuneError(Exception):
+class FinetuneError(DistilleryError):
     """A failure stated in one sentence that names the file or setting and says what to do."""
-
-
-class Layout:
-    def __init__(self, workspace: Path) -> None:
-        self.workspace = Path(workspace)
-
-    @property
-    def approved(self) -> Path:
-        return self.workspace / "exports" / "approved.jsonl"
-
-    @property
-    def preferences(self) -> Path:
-        return self.workspace / "exports" / "preference_pairs.jsonl"
-
-    @property
-    def data(self) -> Path:
-        return self.workspace / "finetune" / "data"
-
-    def run(self, name: str) -> Path:
-        return self.workspace / "finetune" / "runs" / name
 
 
 def resolve_model(model: str) -> str:
     """A model path or hub id as LLaMA-Factory takes it; `embedded` is the offline SmolLM2 dir."""
     if model == EMBEDDED:
-        from annotate.runtime import embedded_model_dir  # converts the GGUF once, then a cache hit
+        from distillery.runtime import embedded_model_dir  # converts the GGUF once, then a cache hit
 
         return str(embedded_model_dir())
     return model

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from annotate.parsing import ContractError
-from annotate.records import SEPARATOR, Annotation, Flag
-from annotate.store import Store
+from distillery.parsing import ContractError
+from distillery.records import SEPARATOR, Annotation, Flag
+from distillery.store import Store
 
 from .dedup import find_duplicates
 from .lot import TRAINABLE_STEPS, Context, Contexts, answered

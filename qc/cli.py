@@ -24,16 +24,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from annotate.config import ConfigError, load_config
-from annotate.options import teacher_options
-from annotate.records import Sample
-from annotate.store import Store
+from distillery.errors import ConfigError
+from distillery.options import teacher_options, workspace_option
+from distillery.records import Sample
+from distillery.store import Store
+from distillery.teacher_config import load_job_config
+from distillery.workspace import DB_NAME, Workspace
 
 from . import checks, judge
 from .export import (
-    APPROVED,
-    EXPORTS,
-    PAIRS,
     ExportRefused,
     export_approved,
     sample_decision,
@@ -48,7 +47,6 @@ from .spreadsheet import SheetError, export_sheet, import_sheet
 
 console = Console(stderr=True, soft_wrap=True)  # messages and progress; tables go to stdout
 out = Console(highlight=False)
-DEFAULT_WORKSPACE = os.environ.get("DISTILLERY_WORKSPACE", "workspace")
 
 
 def default_reviewer() -> str:
@@ -58,10 +56,10 @@ def default_reviewer() -> str:
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[Store]:
     """The workspace store; library errors come out as one clear line, not a traceback."""
-    workspace: Path = ctx.obj["workspace"]
-    if not (workspace / "distillery.db").exists():
-        raise click.ClickException(f"no workspace at {workspace} (no distillery.db): run distill-annotate first, or pass -w")
-    with Store.open(workspace) as store:
+    workspace = Workspace(ctx.obj["workspace"])
+    if not workspace.exists():
+        raise click.ClickException(f"no workspace at {workspace.root} (no {DB_NAME}): run distill-annotate first, or pass -w")
+    with Store.open(workspace.root) as store:
         try:
             yield store
         except (LotError, SheetError, ExportRefused, ConfigError) as exc:
@@ -120,8 +118,7 @@ task_option = click.option("-t", "--task", "tasks", multiple=True, help="Only th
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKSPACE,
-              show_default=True, help="Workspace directory (holds distillery.db). Env: DISTILLERY_WORKSPACE.")
+@workspace_option
 @click.pass_context
 def main(ctx: click.Context, workspace: Path) -> None:
     """Quality control of annotated records: check, sample, review, report, export.
@@ -176,7 +173,7 @@ def check_cmd(ctx: click.Context, tasks: tuple[str, ...], min_reasoning: int, ma
     with _store(ctx) as store:
         names = resolve_tasks(store, tasks)
         if use_judge:
-            job_config = load_config(config_path, {"budget": budget, **{f"teacher.{k}": v for k, v in teacher.items()}})
+            job_config = load_job_config(config_path, {"budget": budget, **{f"teacher.{k}": v for k, v in teacher.items()}})
             t = job_config.teacher
             if problem := t.key_problem():
                 raise click.ClickException(f"the judge cannot run: {problem}")
@@ -357,7 +354,7 @@ def report_cmd(ctx: click.Context, sample_name: str | None, html_path: Path | No
         report = build_report(store, sample, str(ctx.obj["workspace"]))
     print_report(report, out)
     if not no_html:
-        path = write_html(report, html_path or ctx.obj["workspace"] / "reports" / f"qc-{sample.name}.html")
+        path = write_html(report, html_path or Workspace(ctx.obj["workspace"]).reports / f"qc-{sample.name}.html")
         out.print(f"HTML report (one self-contained file): {path}")
 
 
@@ -365,9 +362,9 @@ def report_cmd(ctx: click.Context, sample_name: str | None, html_path: Path | No
 @sample_option
 @task_option
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"Training examples JSONL [default: WORKSPACE/{EXPORTS}/{APPROVED}].")
+              help="Training examples JSONL [default: WORKSPACE/exports/approved.jsonl].")
 @click.option("--pairs", "pairs_path", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"Preference pairs JSONL from reviewers' fixes [default: WORKSPACE/{EXPORTS}/{PAIRS}].")
+              help="Preference pairs JSONL from reviewers' fixes [default: WORKSPACE/exports/preference_pairs.jsonl].")
 @click.option("--force", is_flag=True, help="Export even if the lot was rejected or is undecided (or never sampled).")
 @click.pass_context
 def export_cmd(ctx: click.Context, sample_name: str | None, tasks: tuple[str, ...], out_path: Path | None,
@@ -376,7 +373,7 @@ def export_cmd(ctx: click.Context, sample_name: str | None, tasks: tuple[str, ..
 
     Refuses when the sample rejected the lot or has not decided it yet, saying why, unless --force.
     """
-    workspace: Path = ctx.obj["workspace"]
+    workspace = Workspace(ctx.obj["workspace"])
     with _store(ctx) as store:
         samples = store.samples()
         sample = _sample(store, sample_name) if sample_name or (samples and not tasks) else None
@@ -385,8 +382,8 @@ def export_cmd(ctx: click.Context, sample_name: str | None, tasks: tuple[str, ..
         names = sample.tasks if sample else resolve_tasks(store, tasks)
         with _progress("exporting") as update:
             summary = export_approved(store, sample=sample, task_names=names, force=force,
-                                      out=out_path or workspace / EXPORTS / APPROVED,
-                                      pairs_out=pairs_path or workspace / EXPORTS / PAIRS, on_progress=update)
+                                      out=out_path or workspace.approved,
+                                      pairs_out=pairs_path or workspace.preferences, on_progress=update)
     if summary.overridden:
         console.print(f"[yellow]exported with --force despite:[/yellow] {summary.overridden}")
     table = Table(title="export", show_header=False)

@@ -12,27 +12,22 @@ A lot the sample rejects (or has not decided) is not exported unless forced.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from annotate.records import SEPARATOR, PreferencePair, Sample, TrainingExample
-from annotate.store import Store
+from distillery.errors import DistilleryError
+from distillery.jsonl import write_jsonl
+from distillery.records import SEPARATOR, PreferencePair, Sample, TrainingExample
+from distillery.store import Store
 
 from .lot import Context, Contexts, answered
 from .sampling import plan_of
 from .verdicts import Decision, Outcome, decide, outcomes
 
-EXPORTS = "exports"
-APPROVED = "approved.jsonl"
-PAIRS = "preference_pairs.jsonl"
 
-
-class ExportRefused(Exception):
+class ExportRefused(DistilleryError):
     """The lot may not be exported as it stands; the message says why and what to do."""
 
 
@@ -72,20 +67,6 @@ def _pair(example: TrainingExample, outcome: Outcome) -> PreferencePair:
     rejected = f"{review.original_conclusion or ''}{SEPARATOR}{review.original_reasoning or ''}"
     return PreferencePair(annotation_id=example.annotation_id, instruction=example.instruction, input=example.input,
                           chosen=example.output, rejected=rejected, reviewer=review.reviewer)
-
-
-def _write_jsonl(path: Path, rows: Iterable[BaseModel]) -> None:
-    """All lines or none: written beside the target, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row.model_dump(mode="json"), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sample_decision(store: Store, sample: Sample) -> tuple[Decision, dict[str, Outcome]]:
@@ -168,8 +149,8 @@ def export_approved(
         examples.append((order, _example(ctx, outcome), outcome))
     examples.sort(key=lambda row: row[0])  # document order: readable, and stable across runs
     pairs = [_pair(ex, o) for _, ex, o in examples if o is not None and o.verdict == "fix"]
-    _write_jsonl(out, (ex for _, ex, _ in examples))
-    _write_jsonl(pairs_out, pairs)
+    write_jsonl(out, (ex for _, ex, _ in examples))
+    write_jsonl(pairs_out, pairs)
     summary.examples, summary.pairs = len(examples), len(pairs)
     summary.corrected = sum(ex.corrected for _, ex, _ in examples)
     return summary

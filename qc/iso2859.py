@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from distillery.errors import DistilleryError
+
 CODE_LETTERS = "ABCDEFGHJKLMNPQR"  # no I, no O: as printed
 SAMPLE_SIZES = dict(zip(CODE_LETTERS, (2, 3, 5, 8, 13, 20, 32, 50, 80, 125, 200, 315, 500, 800, 1250, 2000), strict=True))
 
@@ -44,7 +46,7 @@ _UP = {15}  # "use the first sampling plan above the arrow" (smaller sample); al
 # Every other diagonal (< 14, and 16) points down: "use the first sampling plan below the arrow".
 
 
-class PlanError(ValueError):
+class PlanError(DistilleryError, ValueError):
     """A lot size, level or AQL the standard has no plan for; the message says what is allowed."""
 
 

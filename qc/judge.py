@@ -1,7 +1,7 @@
 """Optional LLM-as-judge: the teacher scores each record 1-10 with a short reason.
 
-It goes through annotate's teacher client, limits and call ledger (`annotate.runner.Job`), so
-judge calls are paced like annotation calls, count against the same budget, and a re-run never
+It goes through the same teacher client, limits and call ledger as annotation (`distillery.ledger`),
+so judge calls are paced like annotation calls, count against the same budget, and a re-run never
 pays for a judgement it already has (temperature 0: the same record asks the same request).
 The score is stored (table `judgements`) and scores below the keep threshold become flags.
 """
@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
-from annotate.config import JobConfig
-from annotate.parsing import ContractError, parse_answer
-from annotate.records import Flag, Judgement
-from annotate.runner import Job, JobStopped
-from annotate.store import Store
-from annotate.teacher import ChatRequest, Guide, Message, Teacher, TeacherError
+from distillery.ledger import JobStopped, Ledger
+from distillery.parsing import ContractError, parse_answer
+from distillery.records import Flag, Judgement
+from distillery.store import Store
+from distillery.teacher import ChatRequest, Guide, Message, Teacher, TeacherError
+from distillery.teacher_config import JobConfig, build_teacher
 
 from .lot import Context, Contexts, answered
 
@@ -114,10 +114,12 @@ async def judge_records(
     stats = JudgeStats()
     if not records:
         return stats
-    # The annotation job's ledger logic (hash, 'sent' before it leaves, answer stored on arrival).
-    job = Job(store, records[0].task, config, teacher=teacher)
-    stats.currency = job.price.currency
+    teacher = teacher or build_teacher(config.teacher)
+    ledger = Ledger(store, teacher, model=model, base_url=config.teacher.resolved_base_url(), price=config.price(),
+                    budget=config.budget)
+    stats.currency = ledger.price.currency
     limit = asyncio.Semaphore(config.teacher.limits().concurrency)
+    stop = asyncio.Event()
     done = 0
 
     async def judge(ctx: Context) -> Judgement | None:
@@ -125,19 +127,15 @@ async def judge_records(
         request = ChatRequest(messages=judge_messages(ctx), model=model, temperature=0.0, max_tokens=MAX_TOKENS,
                               guide=Guide(labels=SCORES))
         async with limit:
-            if job.stop.is_set():
+            if stop.is_set():
                 return None
             try:
-                request_hash, result = await job.call(ctx.annotation, request)
+                request_hash, result, _ = await ledger.call(ctx.annotation.id, request)
             except JobStopped as exc:
                 stats.stopped = stats.stopped or str(exc)
-                job.stop.set()
+                stop.set()
                 return None
             except TeacherError as exc:
-                if exc.fatal:
-                    stats.stopped = stats.stopped or f"{exc.kind}: {exc.message}"
-                    job.stop.set()
-                    return None
                 stats.failed += 1
                 return Judgement(annotation_id=ctx.annotation.id, model=model, score=None,
                                  reason=f"{exc.kind}: {exc.message}")
@@ -152,7 +150,7 @@ async def judge_records(
     try:
         results = await asyncio.gather(*(judge(ctx) for ctx in records))
     finally:
-        await job.teacher.aclose()
+        await teacher.aclose()
     judgements = [j for j in results if j is not None]
     store.put_judgements(judgements)
     for j in judgements:
@@ -164,5 +162,5 @@ async def judge_records(
     flags = low_score_flags(store, task_names, model, threshold)
     store.replace_flags(flags, task_names=task_names, kinds=("judge_low",))
     stats.low = len(flags)
-    stats.cost, stats.reused = job.stats.cost, job.stats.calls_reused
+    stats.cost, stats.reused = ledger.stats.cost, ledger.stats.calls_reused
     return stats

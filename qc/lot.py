@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from annotate.records import Annotation, Chunk, Document
-from annotate.store import Store
-from annotate.tasks import Task, parse_task
+from distillery.errors import DistilleryError
+from distillery.records import Annotation, Chunk, Document
+from distillery.store import Store
+from distillery.tasks import Task, parse_task
 
 TRAINABLE_STEPS = ("main", "answer")
 
 
-class LotError(ValueError):
+class LotError(DistilleryError, ValueError):
     """A lot that cannot be formed (no such task, nothing annotated); the message says what to do."""
 
 

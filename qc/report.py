@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from annotate.records import Sample, utcnow
-from annotate.store import Store
+from distillery.records import Sample, utcnow
+from distillery.store import Store
 
 from .export import sample_decision
 from .lot import Contexts

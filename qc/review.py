@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from annotate.records import SEPARATOR, Review, Sample, Verdict
-from annotate.store import Store
+from distillery.errors import DistilleryError
+from distillery.records import SEPARATOR, Review, Sample, Verdict
+from distillery.store import Store
 
 from .lot import Context, Contexts
 from .verdicts import current
@@ -27,7 +28,7 @@ REASONS: dict[str, str] = {
 }
 
 
-class ReviewError(ValueError):
+class ReviewError(DistilleryError, ValueError):
     """A verdict that cannot be recorded as given; the message says what is missing."""
 
 

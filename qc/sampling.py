@@ -17,8 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from annotate.records import Sample
-from annotate.store import Store
+from distillery.records import Sample
+from distillery.store import Store
 
 from .iso2859 import IsoPlan, PlanError, iso_plan
 from .lot import Contexts, LotError, answered

@@ -22,7 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
-from annotate.records import SEPARATOR
+from distillery.records import SEPARATOR
 
 from .lot import Context
 from .review import REASONS, ReviewError, ReviewSession, validate_fix

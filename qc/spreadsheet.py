@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 from openpyxl import Workbook, load_workbook
@@ -25,8 +22,10 @@ from openpyxl.utils.exceptions import InvalidFileException
 from openpyxl.worksheet.datavalidation import DataValidation
 from pydantic import BaseModel
 
-from annotate.records import VERDICTS, Review, Sample
-from annotate.store import Store
+from distillery.errors import DistilleryError
+from distillery.jsonl import atomic_write
+from distillery.records import VERDICTS, Review, Sample
+from distillery.store import Store
 
 from .lot import Context, Contexts
 from .review import REASONS, ReviewError, make_review
@@ -48,7 +47,7 @@ _WIDTHS = {"source_text": 60, "conclusion": 20, "reasoning": 50, "question": 30,
            "fixed_conclusion": 20, "fixed_reasoning": 50, "flags": 30, "annotation_id": 14, "document": 24}
 
 
-class SheetError(ValueError):
+class SheetError(DistilleryError, ValueError):
     """The file cannot be imported; `problems` name each row and column at fault."""
 
     def __init__(self, path: Path, problems: list[str]) -> None:
@@ -105,18 +104,6 @@ def sheet_rows(store: Store, sample: Sample, reviewer: str) -> list[dict[str, st
     ]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
     # UTF-8 with a BOM: Excel then opens Chinese text correctly.
     with path.open("w", encoding="utf-8-sig", newline="") as fh:
@@ -167,7 +154,7 @@ def export_sheet(store: Store, sample: Sample, reviewer: str, path: Path) -> int
     if path.suffix.lower() not in writers:
         raise ValueError(f"{path}: use a .csv or .xlsx file name")
     rows = sheet_rows(store, sample, reviewer)
-    _atomic_write(path, lambda tmp: writers[path.suffix.lower()](tmp, rows))
+    atomic_write(path, lambda tmp: writers[path.suffix.lower()](tmp, rows))
     return len(rows)
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from annotate.records import VERDICTS, Review
+from distillery.records import VERDICTS, Review
 
 from .sampling import Plan
 from .stats import Interval, wilson

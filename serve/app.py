@@ -21,7 +21,7 @@ import uuid
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from annotate.runtime import ModelRuntime
+from distillery.runtime import ModelRuntime
 
 from . import chatrest, openai_api
 from .config import ServeConfig, load_config

@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from annotate.records import SEPARATOR
-from annotate.yamlfile import apply_overrides, load_mapping, validate
+from distillery.config import apply_overrides, read_mapping, validate
+from distillery.errors import ConfigError
+from distillery.records import SEPARATOR
 
 ENV_PREFIX = "DISTILL_SERVE_"
 CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
@@ -28,10 +29,6 @@ DEFAULT_API_KEY_ENV = f"{ENV_PREFIX}API_KEY"
 # Headroom of gunicorn threads beyond the requests the batcher may hold: health checks and
 # /metrics scrapes must get a thread even when the queue is full.
 _SPARE_THREADS = 8
-
-
-class ConfigError(ValueError):
-    """A server config that cannot be used; the message names the source and the field."""
 
 
 class Generation(BaseModel):
@@ -135,17 +132,14 @@ def load_config(
     data: dict[str, Any] = {}
     origins = []
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such config file")
-        data = load_mapping(p.read_text(encoding="utf-8"), str(p), ConfigError)
-        origins.append(str(p))
+        data = read_mapping(path)
+        origins.append(str(path))
     from_env = env_overrides(env)
     if from_env:
         names = ", ".join(f"{ENV_PREFIX}{k.upper().replace('.', '__')}" for k in from_env)
         origins.append(f"environment ({names})")
     for source in (from_env, overrides or {}):
-        apply_overrides(data, source, ConfigError)
+        apply_overrides(data, source)
     if overrides and any(v is not None for v in overrides.values()):
         origins.append("command line")
-    return validate(ServeConfig, data, " + ".join(origins) or "defaults", ConfigError)
+    return validate(ServeConfig, data, " + ".join(origins) or "defaults")

@@ -8,11 +8,12 @@ Sampling fields other than temperature/top_p/seed (penalties, logit_bias...) are
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from distillery.completions import chat_completion, model_list
 
 from .edge import ApiError, json_type, parse, read_json_object
 from .service import ModelService
@@ -102,27 +103,12 @@ def blueprint(service: ModelService) -> Blueprint:
         gen = service.generate(messages, config, started=g.started, rid=g.rid)
         g.generation = gen
         g.texts = {"prompt": messages[-1]["content"], "answer": gen.text}
-        return jsonify({
-            "id": f"chatcmpl-{g.rid}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model_name,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": gen.text},
-                "finish_reason": gen.finish_reason,
-                "logprobs": None,
-            }],
-            "usage": {
-                "prompt_tokens": gen.prompt_tokens,
-                "completion_tokens": gen.completion_tokens,
-                "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-            },
-        })
+        return jsonify(chat_completion(id=f"chatcmpl-{g.rid}", model=model_name, content=gen.text,
+                                       finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
+                                       completion_tokens=gen.completion_tokens))
 
     @bp.get("/v1/models")
     def models() -> Response:
-        return jsonify({"object": "list", "data": [
-            {"id": model_name, "object": "model", "created": 0, "owned_by": "distillery"}]})
+        return jsonify(model_list([model_name], owned_by="distillery"))
 
     return bp

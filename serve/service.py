@@ -16,7 +16,8 @@ import jinja2
 import torch
 from transformers.utils import logging as hf_logging
 
-from annotate.runtime import Batcher, Generation, GenerationConfig, ModelRuntime, QueueFull
+from distillery.engine import Batcher, QueueFull
+from distillery.runtime import Generation, GenerationConfig, ModelRuntime
 
 from .config import ServeConfig
 from .edge import ApiError

@@ -15,7 +15,7 @@ import pytest
 def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache root holding the converted embedded model (the DISTILLERY_CACHE layout)."""
     pytest.importorskip("torch", reason="needs the model extra")
-    from annotate.runtime import embedded_model_dir
+    from distillery.runtime import embedded_model_dir
 
     root = tmp_path_factory.mktemp("distillery-cache")
     try:
@@ -28,6 +28,6 @@ def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def runtime(embedded_cache: Path):
     """The embedded model, fp32 on CPU, shared by every model test (read-only use only)."""
-    from annotate.runtime import ModelRuntime, embedded_model_dir
+    from distillery.runtime import ModelRuntime, embedded_model_dir
 
     return ModelRuntime.load(embedded_model_dir(embedded_cache))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from annotate.config import JobConfig, load_config
 from annotate.ingest import ChunkingConfig, ingest
-from annotate.store import Store
+from distillery.store import Store
+from distillery.teacher_config import JobConfig, load_job_config
 
 ZH = [
     "第二条 个人信息处理者在处理个人信息前，应当告知处理目的和方式。",
@@ -34,4 +34,4 @@ def openai_config(base_url: str, **teacher: object) -> JobConfig:
     overrides = {"teacher.provider": "openai", "teacher.base_url": base_url, "teacher.api_key_env": "FAKE_MOONSHOT_KEY",
                  "teacher.max_retries": 3, "teacher.backoff_s": 0.01}
     overrides |= {f"teacher.{k}": v for k, v in teacher.items()}
-    return load_config(None, overrides)
+    return load_job_config(None, overrides)

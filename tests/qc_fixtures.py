@@ -9,10 +9,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from annotate.records import Annotation, Chunk, Document
 from annotate.runner import annotation_id
-from annotate.store import Store
-from annotate.tasks import load_task
+from distillery.records import Annotation, Chunk, Document
+from distillery.store import Store
+from distillery.tasks import load_task
 
 MODEL = "moonshot-v1-8k"
 

@@ -7,8 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from annotate.cli import main
-from annotate.fakeserver import FakeMoonshot
-
+from doubles.moonshot import FakeMoonshot
 from helpers import ZH, write_docs
 
 KEY = "sk-cli-test"

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from annotate.client import OpenAIChatClient, backoff_s, classify, retry_after_s
-from annotate.fakeserver import FakeMoonshot
-from annotate.ratelimit import Limits
-from annotate.teacher import ChatRequest, ChatResult, TeacherError
+from distillery.client import OpenAIChatClient, backoff_s, classify, retry_after_s
+from distillery.ratelimit import Limits
+from distillery.teacher import ChatRequest, ChatResult, TeacherError
+from doubles.moonshot import FakeMoonshot
 
 KEY = "sk-test"
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from annotate.fakeserver import FAULTS, FakeMoonshot, estimate_tokens, main, truncate_tokens
+from doubles.moonshot import FAULTS, FakeMoonshot, estimate_tokens, main, truncate_tokens
 
 KEY = "sk-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}

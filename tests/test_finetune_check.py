@@ -10,11 +10,12 @@ import pytest
 
 pytest.importorskip("llamafactory", reason="needs the model extra")
 
-from annotate.records import PreferencePair
+from distillery.jsonl import write_jsonl
+from distillery.records import PreferencePair
+from doubles.examples import sample_examples
 from finetune import prepare as prepare_module
 from finetune.check import DatasetError, check_dataset
 from finetune.prepare import PrepareOptions, prepare
-from finetune.sample import sample_examples, write_jsonl
 from finetune.workspace import Manifest, read_prompt_file
 
 pytestmark = pytest.mark.model

@@ -14,9 +14,10 @@ from click.testing import CliRunner, Result
 
 pytest.importorskip("llamafactory", reason="needs the model extra")
 
-from annotate.runtime import GenerationConfig, ModelRuntime, embedded_model_dir
+from distillery.jsonl import write_jsonl
+from distillery.runtime import GenerationConfig, ModelRuntime, embedded_model_dir
+from doubles.examples import sample_examples
 from finetune.cli import main
-from finetune.sample import sample_examples, write_jsonl
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from annotate.records import TrainingExample
+from distillery.jsonl import write_jsonl
+from distillery.records import TrainingExample
+from doubles.examples import sample_examples
 from finetune import lfcli
-from finetune.config import RunOptions, build_config, deepspeed_config, defaults, load_overrides, parse_sets, write_run
+from finetune.config import RunOptions, build_config, deepspeed_config, defaults, load_overrides, write_run
 from finetune.evaluate import Candidate, Prediction, judge, score
 from finetune.prepare import read_approved, split_by_document, task_labels
-from finetune.sample import sample_examples, write_jsonl
 from finetune.train import _TRAIN_BAR, TrainProgress, _LogFollower, last_checkpoint
 from finetune.workspace import FinetuneError, Manifest, PromptFormat, SplitInfo, TaskLabels
 
@@ -81,8 +82,8 @@ def test_split_with_too_few_documents_says_what_to_do() -> None:
 
 
 def test_label_sets_come_from_the_task_definition_else_the_approved_conclusions(tmp_path: Path) -> None:
-    from annotate.store import Store
-    from annotate.tasks import load_task
+    from distillery.store import Store
+    from distillery.tasks import load_task
 
     zh = sample_examples(3, 2, language="zh")  # the built-in relevance task, its exact hash
     en = sample_examples(3, 2, language="en")  # unknown task: two labels, each used often
@@ -97,7 +98,7 @@ def test_label_sets_come_from_the_task_definition_else_the_approved_conclusions(
     # A workspace that ran a custom version of the task knows its exact labels.
     custom = load_task("relevance").spec.model_copy(update={"labels": ["relevant", "irrelevant", "unsure"]})
     body = yaml.safe_dump(custom.model_dump(), allow_unicode=True)
-    from annotate.tasks import parse_task
+    from distillery.tasks import parse_task
 
     task = parse_task(body, "custom")
     with Store.open(tmp_path) as store:
@@ -165,10 +166,9 @@ def test_dpo_needs_a_preference_dataset(tmp_path: Path) -> None:
     assert (config["stage"], config["dataset"], config["pref_beta"]) == ("dpo", "distillery_preference", 0.1)
 
 
-def test_set_values_keep_their_types_and_bad_pairs_are_named() -> None:
-    assert parse_sets(["a=1", "b=2e-4", "c=true", "d=text", "e="]) == {"a": 1, "b": 2e-4, "c": True, "d": "text", "e": ""}
+def test_train_sets_name_a_bad_pair_as_a_finetune_error() -> None:
     with pytest.raises(FinetuneError, match="'lora_rank' is not KEY=VALUE"):
-        parse_sets(["lora_rank"])
+        load_overrides(None, ["lora_rank"])
 
 
 # Tails of real llamafactory-cli failures (0.9.5), trimmed.

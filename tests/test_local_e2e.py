@@ -21,7 +21,7 @@ def test_cli_main_job_on_the_embedded_teacher(tmp_path, monkeypatch, embedded_ca
     assert result.exit_code == 0, result.output
     assert "embedded local model" in result.output
 
-    from annotate.store import Store
+    from distillery.store import Store
 
     with Store.open(tmp_path / "ws") as store:
         anns = [a for _, a in store.annotations()]
@@ -32,7 +32,7 @@ def test_cli_main_job_on_the_embedded_teacher(tmp_path, monkeypatch, embedded_ca
             assert ann.provider == "local" and ann.model == "smollm2-135m-instruct"
             assert ann.prompt_tokens > 50 and 0 < ann.completion_tokens <= 24 and ann.cost == 0
             call = store.answered_call(ann.request_hash)
-            assert call["content"].startswith(ann.conclusion + "####")
+            assert call.content.startswith(ann.conclusion + "####")
     # a second run sends nothing: every answer is stored
     again = CliRunner().invoke(main, [*ws, "run", "--max-tokens", "24", "--temperature", "0"])
     assert "nothing to do" in again.output

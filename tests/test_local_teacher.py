@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("torch", reason="needs the model extra")
 
-from annotate.local_teacher import LocalTeacher, evidence, quote
-from annotate.runtime import ModelRuntime
-from annotate.teacher import ChatRequest, ChatResult, Guide, TeacherError
+from distillery.local_teacher import LocalTeacher, evidence, quote
+from distillery.runtime import ModelRuntime
+from distillery.teacher import ChatRequest, ChatResult, Guide, TeacherError
 
 pytestmark = pytest.mark.model
 

@@ -1,6 +1,6 @@
 import pytest
 
-from annotate.parsing import ContractError, match_label, parse_answer, parse_questions
+from distillery.parsing import ContractError, match_label, parse_answer, parse_questions
 
 LABELS = ["相关", "不相关"]
 

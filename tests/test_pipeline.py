@@ -20,8 +20,8 @@ sys.path.insert(0, str(EXAMPLES))
 import pipeline  # noqa: E402
 import proof  # noqa: E402
 
-from annotate.records import TrainingExample  # noqa: E402
-from annotate.store import Store  # noqa: E402
+from distillery.records import TrainingExample  # noqa: E402
+from distillery.store import Store  # noqa: E402
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

@@ -4,13 +4,13 @@ import random
 
 import pytest
 from datasketch import MinHash, MinHashLSH
-from qc_fixtures import Answer, add_answers, relevant_answers
 
-from annotate.store import Store
+from distillery.store import Store
 from qc.checks import RULE_KINDS, CheckConfig, run_checks
 from qc.dedup import find_duplicates, lsh_threshold
 from qc.lot import LotError, resolve_tasks
 from qc.text import jaccard, language, overlap_share, shared_spans, shingles
+from qc_fixtures import Answer, add_answers, relevant_answers
 
 # Common Chinese characters: random passages over them share little but characters.
 POOL = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后"

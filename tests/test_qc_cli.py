@@ -7,14 +7,14 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from helpers import ingested_store, openai_config
-from qc_fixtures import relevant_answers
 
 from annotate import runner
-from annotate.fakeserver import FakeMoonshot
-from annotate.records import TrainingExample
-from annotate.tasks import load_task
+from distillery.records import TrainingExample
+from distillery.tasks import load_task
+from doubles.moonshot import FakeMoonshot
+from helpers import ingested_store, openai_config
 from qc.cli import main
+from qc_fixtures import relevant_answers
 
 KEY = "sk-qc-cli"
 COMMANDS = [[], ["check"], ["sample"], ["samples"], ["review"], ["sheet"], ["sheet", "export"], ["sheet", "import"],

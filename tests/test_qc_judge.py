@@ -1,12 +1,12 @@
 """LLM-as-judge through annotate's client, limits and call ledger, against the local fake Moonshot."""
 
 from click.testing import CliRunner
-from qc_fixtures import workspace
 
-from annotate.fakeserver import FakeMoonshot
-from annotate.store import Store
+from distillery.store import Store
+from doubles.moonshot import FakeMoonshot
 from qc.cli import main
 from qc.judge import read_score
+from qc_fixtures import workspace
 
 KEY = "sk-judge-test"
 
@@ -46,7 +46,7 @@ def test_judge_scores_are_stored_flagged_and_never_paid_twice(tmp_path):
         unreadable = next(js[0] for js in judged.values() if js[0].score is None)
         assert "no 1-10 score" in unreadable.reason
         # the judge's raw answers are in the call ledger, linked to the record they judge
-        assert any("9分" in (c["content"] or "") for aid in scores for c in store.calls(aid))
+        assert any("9分" in (c.content or "") for aid in scores for c in store.calls(aid))
     assert "1 unreadable" in result.output and "below 6" in result.output
 
 

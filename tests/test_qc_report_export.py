@@ -6,10 +6,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from click.testing import CliRunner
-from qc_fixtures import Answer, add_answers, relevant_answers, workspace
 
-from annotate.records import PreferencePair, Review, TrainingExample
-from annotate.store import Store
+from distillery.records import PreferencePair, Review, TrainingExample
+from distillery.store import Store
 from qc.checks import CheckConfig, run_checks
 from qc.cli import main
 from qc.export import ExportRefused, export_approved
@@ -19,6 +18,7 @@ from qc.review import ReviewSession
 from qc.sampling import Plan, SampleSpec, create_sample, make_plan
 from qc.stats import wilson
 from qc.verdicts import Outcome, decide
+from qc_fixtures import Answer, add_answers, relevant_answers, workspace
 
 
 def _review(session: ReviewSession, verdicts: str) -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 import pexpect
 import pytest
 from click.testing import CliRunner
-from qc_fixtures import workspace
 
-from annotate.store import Store
+from distillery.store import Store
 from qc.cli import main
 from qc.sampling import SampleSpec, create_sample
 from qc.screen import source_window
 from qc.text import shared_spans
 from qc.verdicts import current
+from qc_fixtures import workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS_LINE = r"\[\?\] help"

@@ -4,13 +4,13 @@ from collections import Counter
 
 import pytest
 from click.testing import CliRunner
-from qc_fixtures import Answer, add_answers, relevant_answers, workspace
 
-from annotate.store import Store
+from distillery.store import Store
 from qc.checks import CheckConfig, run_checks
 from qc.cli import main
 from qc.lot import LotError
 from qc.sampling import SampleSpec, create_sample
+from qc_fixtures import Answer, add_answers, relevant_answers, workspace
 
 
 def _flag_some(store, n=5):

@@ -6,14 +6,14 @@ import shutil
 import pytest
 from click.testing import CliRunner
 from openpyxl import load_workbook
-from qc_fixtures import workspace
 
-from annotate.store import Store
+from distillery.store import Store
 from qc.cli import main
 from qc.review import ReviewSession
 from qc.sampling import SampleSpec, create_sample
 from qc.spreadsheet import COLUMNS, SheetError, export_sheet, import_sheet
 from qc.verdicts import current
+from qc_fixtures import workspace
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from collections import deque
 import pytest
 from pydantic import ValidationError
 
-from annotate.accounting import estimate_tokens
-from annotate.ratelimit import TIERS, Limits, RateLimiter, TokenBucket, pacing_bucket
+from distillery.accounting import estimate_tokens
+from distillery.ratelimit import TIERS, Limits, RateLimiter, TokenBucket, pacing_bucket
 
 
 def test_tiers_are_moonshots_published_limits() -> None:

@@ -8,8 +8,7 @@ import subprocess
 import sys
 import time
 
-from annotate.fakeserver import FakeMoonshot
-
+from doubles.moonshot import FakeMoonshot
 from helpers import write_docs
 
 KEY = "sk-test-resume"

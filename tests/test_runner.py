@@ -6,10 +6,9 @@ import json
 import pytest
 
 from annotate import runner
-from annotate.config import load_config
-from annotate.fakeserver import FakeMoonshot
-from annotate.tasks import load_task
-
+from distillery.tasks import load_task
+from distillery.teacher_config import load_job_config
+from doubles.moonshot import FakeMoonshot
 from helpers import ZH, ingested_store, openai_config
 
 KEY = "sk-test-SECRET-4242"
@@ -186,8 +185,8 @@ def test_config_file_errors_name_the_field(tmp_path):
     bad = tmp_path / "job.yaml"
     bad.write_text("teacher:\n  rpm: -3\n  colour: blue\n")
     with pytest.raises(ValueError, match=r"job\.yaml.*teacher\.rpm.*teacher\.colour"):
-        load_config(bad)
+        load_job_config(bad)
     bad.write_text("teacher:\n  tier: tier9\n")
     with pytest.raises(ValueError, match="tier9"):
-        load_config(bad).teacher.limits()
-    assert json.loads(load_config(None).model_dump_json())["teacher"]["api_key_env"] == "MOONSHOT_API_KEY"
+        load_job_config(bad).teacher.limits()
+    assert json.loads(load_job_config(None).model_dump_json())["teacher"]["api_key_env"] == "MOONSHOT_API_KEY"

@@ -12,13 +12,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs the model extra")
 
-from annotate.runtime import (
+from distillery.engine import Batcher, QueueFull
+from distillery.runtime import (
     EMBEDDED_NAME,
-    Batcher,
     Generation,
     GenerationConfig,
     ModelRuntime,
-    QueueFull,
     _earliest_stop,
     _remove_orphans,
     embedded_model_dir,

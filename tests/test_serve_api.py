@@ -25,7 +25,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
-from annotate.runtime import GenerationConfig, ModelRuntime, embedded_model_dir
+from distillery.runtime import GenerationConfig, ModelRuntime, embedded_model_dir
 from serve import service as service_module
 from serve.app import create_app
 from serve.chatrest import ChatRestRequest, Turn, to_messages

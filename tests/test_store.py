@@ -1,7 +1,7 @@
 import sqlite3
 
-from annotate.records import Annotation, Chunk, Document, LineageRecord, TaskVersion
-from annotate.store import Store
+from distillery.records import Annotation, Chunk, Document, LineageRecord, TaskVersion
+from distillery.store import Store
 
 
 def _doc(i: int) -> tuple[Document, list[Chunk]]:
@@ -40,7 +40,7 @@ def test_call_ledger_and_lineage_round_trip(tmp_path):
     assert store.answered_call("req1") is None  # sent but unanswered: must be sent again
     store.call_answered("req1", response={"id": 1}, content="相关####r", finish_reason="stop", prompt_tokens=3,
                         completion_tokens=4, cost=0.5, latency_s=0.1, attempts=1)
-    assert store.answered_call("req1")["content"] == "相关####r"
+    assert store.answered_call("req1").content == "相关####r"
     assert store.spent() == 0.5
     ann.status, ann.conclusion, ann.reasoning = "ok", "相关", "r"
     store.save_annotation(ann)

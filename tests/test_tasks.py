@@ -5,9 +5,8 @@ import pytest
 from pydantic import ValidationError
 
 from annotate import runner
-from annotate.tasks import TaskFileError, builtin_names, load_task
-from annotate.teacher import ChatRequest, ChatResult, Guide
-
+from distillery.tasks import TaskFileError, builtin_names, load_task
+from distillery.teacher import ChatRequest, ChatResult, Guide
 from helpers import ingested_store, openai_config
 
 ROOT = Path(__file__).resolve().parent.parent

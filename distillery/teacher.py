@@ -1,8 +1,8 @@
 """The teacher interface: what the annotation runner sends and gets back.
 
-Two implementations speak it: `annotate.client.OpenAIChatClient` (Kimi or any
-OpenAI-compatible API over HTTP) and `annotate.local_teacher.LocalTeacher` (the
-embedded model run by `annotate.runtime`). The runner only sees this module.
+Two implementations speak it: `distillery.client.OpenAIChatClient` (Kimi or any
+OpenAI-compatible API over HTTP) and `distillery.local_teacher.LocalTeacher` (the
+embedded model run by `distillery.runtime`). The runner only sees this module.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import json
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, model_validator
+
+from .errors import DistilleryError
 
 Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str, ...}
 
@@ -98,7 +100,7 @@ class ChatResult(BaseModel):
     attempts: int = 1  # HTTP attempts it took (retries included)
 
 
-class TeacherError(Exception):
+class TeacherError(DistilleryError):
     """A request that ended without an answer, classified so the runner knows what to do."""
 
     def __init__(

@@ -12,10 +12,11 @@ import unicodedata
 
 from pydantic import BaseModel
 
+from .errors import DistilleryError
 from .records import SEPARATOR
 
 
-class ContractError(ValueError):
+class ContractError(DistilleryError, ValueError):
     """The answer broke the contract; the message is written to be shown to the teacher."""
 
 

