@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from distillery.config import parse_sets
-from distillery.errors import ConfigError
+from distillery.errors import ConfigError, DistilleryError
+from distillery.jsonl import read_jsonl, write_jsonl
+from distillery.ledger import JobStopped
 from distillery.options import teacher_options, workspace_option
 from distillery.records import LineageRecord
 from distillery.store import Store
-from distillery.tasks import TaskFileError, builtin_names, load_task
-from distillery.teacher_config import load_job_config
+from distillery.tasks import Task, TaskFileError, builtin_names, load_task
+from distillery.teacher_config import JobConfig, load_job_config
 
 from . import runner
-from .ingest import ChunkingConfig, ingest
+from .ingest import ChunkingConfig, IngestReport, ingest
 from .readers import SUPPORTED_SUFFIXES
 
 console = Console(stderr=True, soft_wrap=True)  # paths and errors stay on one greppable line
@@ -52,9 +54,14 @@ def main(ctx: click.Context, workspace: Path) -> None:
 def ingest_cmd(ctx: click.Context, paths: tuple[Path, ...], max_size: int, overlap: int, unit: str,
                tokenizer: str | None, text_field: str) -> None:
     config = ChunkingConfig(max_size=max_size, overlap=overlap, unit=unit, tokenizer=tokenizer)
-    with _store(ctx) as store, console.status("reading…") as status:
-        report = ingest(store, paths, config=config, text_field=text_field,
-                        on_file=lambda p: status.update(f"reading {p}"))
+    with _store(ctx) as store:
+        ingest_with_status(store, paths, config, text_field=text_field)
+
+
+def ingest_with_status(store: Store, paths: Iterable[Path], config: ChunkingConfig, *, text_field: str = "text") -> IngestReport:
+    """`ingest` with the file being read on screen, then its summary and every failure named."""
+    with console.status("reading…") as status:
+        report = ingest(store, paths, config=config, text_field=text_field, on_file=lambda p: status.update(f"reading {p}"))
     table = Table(title="ingest", show_header=False)
     for label, value in (("files read", report.files), ("documents new", report.documents_new),
                          ("documents already ingested", report.documents_seen), ("chunks new", report.chunks_new),
@@ -67,6 +74,7 @@ def ingest_cmd(ctx: click.Context, paths: tuple[Path, ...], max_size: int, overl
         console.print(f"[yellow]warning[/yellow] {warning}")
     if len(report.warnings) > 20:
         console.print(f"[yellow]… {len(report.warnings) - 20} more warnings[/yellow]")
+    return report
 
 
 @main.command("tasks")
@@ -132,27 +140,44 @@ def run_cmd(ctx: click.Context, task_name: str | None, config_path: Path | None,
     with _store(ctx) as store:
         if store.totals()["chunks"] == 0:
             raise click.ClickException(f"workspace {ctx.obj['workspace']} has no chunks: run `distill-annotate ingest PATH` first")
-        pending = runner.plan(store, task, config, limit=limit, shard=_parse_shard(shard), retry=retry_states)
-        t = config.teacher
-        where = t.resolved_base_url() or "embedded local model"
-        console.print(f"task [bold]{task.name}[/bold] ({task.hash[:12]}) · teacher {t.resolved_model()} @ {where} · "
-                      f"{pending} records to do")
+        pending = plan_job(store, task, config, limit=limit, shard=_parse_shard(shard), retry=retry_states)
         if dry_run:
             _print_estimate(runner.estimate(store, task, config))
             return
-        if pending == 0:
-            console.print("nothing to do: every planned record is done (use --retry invalid,failed to redo failures)")
-            _print_summary(store, task.name, None)
-            return
-        if problem := t.key_problem():
-            raise click.ClickException(problem)
-        stats = asyncio.run(_run_with_progress(store, task, config, pending))
-        _print_summary(store, task.name, stats)
-        if stats.stopped:
-            raise click.ClickException(stats.stopped)
+        try:
+            run_planned_job(store, task, config, pending)
+        except DistilleryError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
-async def _run_with_progress(store: Store, task, config, pending: int) -> runner.JobStats:
+def plan_job(store: Store, task: Task, config: JobConfig, *, limit: int | None = None,
+             shard: tuple[int, int] | None = None, retry: tuple[str, ...] = ()) -> int:
+    """`runner.plan`, then a line saying what will be done by which teacher. Returns the records to do."""
+    pending = runner.plan(store, task, config, limit=limit, shard=shard, retry=retry)
+    t = config.teacher
+    where = t.resolved_base_url() or "embedded local model"
+    console.print(f"task [bold]{task.name}[/bold] ({task.hash[:12]}) · teacher {t.resolved_model()} @ {where} · "
+                  f"{pending} records to do")
+    return pending
+
+
+def run_planned_job(store: Store, task: Task, config: JobConfig, pending: int) -> runner.JobStats | None:
+    """Run the planned job with a progress bar and print the summary; None when nothing was left.
+    Raises ConfigError without a usable key and JobStopped when the job stopped early."""
+    if pending == 0:
+        console.print("nothing to do: every planned record is done (use --retry invalid,failed to redo failures)")
+        _print_summary(store, task.name, None)
+        return None
+    if problem := config.teacher.key_problem():
+        raise ConfigError(problem)
+    stats = asyncio.run(_run_with_progress(store, task, config, pending))
+    _print_summary(store, task.name, stats)
+    if stats.stopped:
+        raise JobStopped(stats.stopped)
+    return stats
+
+
+async def _run_with_progress(store: Store, task: Task, config: JobConfig, pending: int) -> runner.JobStats:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -234,11 +259,8 @@ def status_cmd(ctx: click.Context) -> None:
 def export_cmd(ctx: click.Context, out: Path, task_name: str | None, statuses: str) -> None:
     """Write records with their full lineage (document, chunk, task) as JSONL."""
     wanted = None if statuses == "all" else statuses.split(",")
-    n = 0
-    with _store(ctx) as store, out.open("w", encoding="utf-8") as fh:
-        for _, ann in store.annotations(task_name=task_name, status=wanted):
-            fh.write(store.lineage(ann).model_dump_json() + "\n")
-            n += 1
+    with _store(ctx) as store:
+        n = write_jsonl(out, (store.lineage(ann) for _, ann in store.annotations(task_name=task_name, status=wanted)))
     console.print(f"wrote {n} records to {out}")
 
 
@@ -247,15 +269,10 @@ def export_cmd(ctx: click.Context, out: Path, task_name: str | None, statuses: s
 @click.pass_context
 def import_cmd(ctx: click.Context, src: Path) -> None:
     """Merge records exported by `export` (e.g. from a job split across machines)."""
-    records = []
-    with src.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(LineageRecord.model_validate(json.loads(line)))
-            except ValueError as exc:
-                raise click.ClickException(f"{src} line {lineno}: not an exported record ({str(exc).splitlines()[0]}); nothing was imported") from exc
+    try:
+        records = [record for _, record in read_jsonl(src, LineageRecord)]
+    except DistilleryError as exc:
+        raise click.ClickException(f"{exc}; nothing was imported") from exc
     with _store(ctx) as store:
         added = store.import_records(records)
     console.print(f"imported {added} new records ({len(records) - added} already present)")

@@ -56,12 +56,15 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], error: t
         node[leaf] = value
 
 
-def validate(model: type[M], data: dict[str, Any], origin: str, error: type[Exception] = ConfigError) -> M:
+def validate(model: type[M], data: dict[str, Any], origin: str | None, error: type[Exception] = ConfigError,
+             *, section: str = "") -> M:
+    """`data` as a `model`; an error names the origin (a file) and each bad field, as
+    `section.field` when the data is one section of a larger file."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
-        raise error(f"{origin}: {problems}") from exc
+        problems = "; ".join(_describe(e, section) for e in exc.errors())
+        raise error(f"{origin}: {problems}" if origin else problems) from exc
 
 
 def load_config(
@@ -96,8 +99,8 @@ def parse_sets(items: Sequence[str], option: str = "--set", error: type[Exceptio
     return out
 
 
-def _describe(err: Any) -> str:
-    text = f"field '{'.'.join(map(str, err['loc']))}': {err['msg']}"
+def _describe(err: Any, section: str = "") -> str:
+    text = f"field '{'.'.join(map(str, (section, *err['loc']) if section else err['loc']))}': {err['msg']}"
     if isinstance(err.get("input"), bool):
         # YAML 1.1 reads bare yes/no/on/off/true/false as booleans, a classic label-set trap.
         text += " (YAML read a bare yes/no/true/false as a boolean: put it in quotes)"

@@ -168,12 +168,15 @@ class Store:
         # NORMAL in WAL mode loses nothing on a process crash (kill -9), only on power loss.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
 
     def _migrate(self) -> None:
         version = self.version()
         if version > SCHEMA_VERSION:
-            self.db.close()
             raise StoreError(f"{self.path} has schema version {version}, newer than this distillery knows "
                              f"({SCHEMA_VERSION}): upgrade distillery to open it")
         for target in range(version + 1, SCHEMA_VERSION + 1):

@@ -31,9 +31,9 @@ COPY docker/constraints.txt docker/constraints.txt
 # it; the training-only packages (llamafactory, torchvision, torchaudio) stay out.
 RUN uv pip install -c docker/constraints.txt torch transformers bitsandbytes accelerate peft
 COPY pyproject.toml README.md ./
-COPY annotate annotate
-COPY qc qc
-COPY finetune finetune
+# Only the core and the serve stage: serve imports nothing else, and without the other stages'
+# folders the wheel holds just these two (none of the PDF, spreadsheet or training code or deps).
+COPY distillery distillery
 COPY serve serve
 RUN uv pip install -c docker/constraints.txt ".[serve]" \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin serve

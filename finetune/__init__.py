@@ -1,8 +1,10 @@
-"""The finetune stage: approved records -> LLaMA-Factory dataset -> LoRA/QLoRA run -> merged model -> eval.
+"""Stage 3, finetune: approved records -> LLaMA-Factory dataset -> LoRA/QLoRA run -> merged model -> eval.
 
-prepare.prepare / check.check_dataset   dataset files, split by document, read back by LLaMA-Factory
-config.build_config / config.write_run  the LLaMA-Factory YAML as data (defaults.yaml + overrides)
-train.train                             `llamafactory-cli train` with progress, resume, plain errors
-export.export                           `llamafactory-cli export`: the adapter merged into the base
-evaluate.evaluate                       base vs tuned on the test split, through distillery.runtime
+    prepare.prepare / check.check_dataset   dataset files, split by document, read back by LLaMA-Factory
+    config.write_train_config               the run's LLaMA-Factory YAML as data (defaults.yaml + overrides)
+    train.train                             `llamafactory-cli train` with progress, resume, plain errors
+    export.export                           `llamafactory-cli export`: the adapter merged into the base
+    evaluate.evaluate                       base vs tuned on the test split, through distillery.runtime
+    step.STAGE                              finetune's part of `distill run`
+    cli.main                                `distill finetune`
 """

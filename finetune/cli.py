@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -14,8 +15,10 @@ from distillery.options import workspace_option
 from distillery.workspace import Workspace
 
 from .check import CheckReport
-from .config import MERGED_DIR, RunOptions, build_config, defaults, load_overrides, read_run, write_run
-from .evaluate import EvalReport
+from .config import MERGED_DIR, TRAIN_YAML, defaults, load_overrides, read_run, write_train_config
+from .evaluate import Candidate, EvalReport
+from .prepare import PrepareOptions, PrepareReport, prepare
+from .train import LOG_FILE, TrainProgress, TrainResult, last_checkpoint, train
 from .workspace import DEFAULT_MODEL, DEFAULT_SYSTEM, EMBEDDED, FinetuneError, Manifest
 
 console = Console(stderr=True, soft_wrap=True)  # paths and errors stay on one greppable line
@@ -76,21 +79,26 @@ def prepare_cmd(ctx: click.Context, approved: Path | None, preferences: Path | N
     reads everything back through LLaMA-Factory's own loader: an example it would drop fails
     the command by name. Re-running replaces the dataset only once the new one passes.
     """
-    from .prepare import PrepareOptions, prepare
-
     layout = _layout(ctx)
     default_prefs = layout.preferences if layout.preferences.is_file() else None
     options = PrepareOptions(format=fmt, file_type=file_type, val_fraction=val_fraction,  # type: ignore[arg-type]
                              test_fraction=test_fraction, seed=seed, stratify=stratify, system=system, model=model,
                              cutoff_len=cutoff_len)
     try:
-        with console.status("preparing…") as status:
-            report = prepare(approved or layout.approved, out_dir or layout.finetune_data, options,
-                             preferences=preferences or default_prefs, workspace=layout.root,
-                             on_status=lambda msg: status.update(msg))
+        prepare_with_status(approved or layout.approved, out_dir or layout.finetune_data, options,
+                            preferences=preferences or default_prefs, workspace=layout.root)
     except FinetuneError as exc:
         raise _fail(exc) from exc
-    table = Table(title=f"dataset {report.data_dir} ({fmt}, {file_type}, seed {seed})")
+    console.print("next: [bold]distill-finetune train[/bold]")
+
+
+def prepare_with_status(approved: Path, out_dir: Path, options: PrepareOptions, *, preferences: Path | None,
+                        workspace: Path | None) -> PrepareReport:
+    """`prepare` with what it is doing on screen, then the splits, the label sets and the check."""
+    with console.status("preparing…") as status:
+        report = prepare(approved, out_dir, options, preferences=preferences, workspace=workspace,
+                         on_status=lambda msg: status.update(msg))
+    table = Table(title=f"dataset {report.data_dir} ({options.format}, {options.file_type}, seed {options.seed})")
     for col in ("split", "examples", "documents", "file"):
         table.add_column(col, justify="left" if col in ("split", "file") else "right")
     for split, info in report.splits.items():
@@ -105,7 +113,7 @@ def prepare_cmd(ctx: click.Context, approved: Path | None, preferences: Path | N
         console.print(f"task {task}: labels {' | '.join(labels.labels) if labels.labels else '(open-ended)'} "
                       f"[dim]({labels.source})[/dim]")
     _print_check(report.check)
-    console.print("next: [bold]distill-finetune train[/bold]")
+    return report
 
 
 def _print_check(check: CheckReport) -> None:
@@ -169,47 +177,22 @@ def train_cmd(ctx: click.Context, run_name: str | None, data_dir: Path | None, m
     Re-running the same command resumes from the last checkpoint; a finished run is not
     trained again. Multi-GPU: every visible GPU is used (torchrun); add --deepspeed 2.
     """
-    from .train import LOG_FILE, TrainProgress, last_checkpoint, train
-
-    layout = _layout(ctx)
-    data = data_dir or layout.finetune_data
-    run_dir = layout.run(run_name or f"{stage}-{method}")
     try:
-        manifest = Manifest.load(data)
-        if not manifest.checked:
-            raise FinetuneError(f"{data} failed its last check: fix it and run `distill-finetune check`")
-        if stage == "dpo":
-            if not from_run or model:
-                raise FinetuneError("--stage dpo starts from the merged model of an SFT run: give --from-run NAME "
-                                    "(and no --model)")
-            model = str(layout.run(from_run) / MERGED_DIR)
-            if not Path(model, "config.json").is_file():
-                raise FinetuneError(f"{model} does not exist: export run {from_run} first (distill-finetune export --run {from_run})")
-        options = RunOptions(model=model or manifest.model, method=method, stage=stage, precision=precision,  # type: ignore[arg-type]
-                             deepspeed=int(deepspeed) if deepspeed else None)  # type: ignore[arg-type]
         with console.status("writing the LLaMA-Factory config…"):
-            config = build_config(options, data_dir=data, manifest=manifest, run_dir=run_dir,
-                                  overrides=load_overrides(config_file, sets))
-            path = write_run(run_dir, config)
+            run_dir, config, manifest = write_train_config(
+                _layout(ctx), run_name=run_name, data_dir=data_dir, model=model, method=method, stage=stage,
+                from_run=from_run, overrides=load_overrides(config_file, sets), precision=precision,
+                deepspeed=int(deepspeed) if deepspeed else None)
     except FinetuneError as exc:
         raise _fail(exc) from exc
+    path = run_dir / TRAIN_YAML
     _warn_cutoff(manifest, config["cutoff_len"])
     console.print(f"run [bold]{run_dir.name}[/bold]: {path}")
     if dry_run:
         out.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
         return
     try:
-        with _progress("steps") as progress:
-            bar = progress.add_task("starting", total=None, info="")
-
-            def update(p: TrainProgress) -> None:
-                info = " · ".join(part for part in (
-                    f"loss {p.loss:.4f}" if p.loss is not None else "",
-                    f"eval {p.eval_loss:.4f}" if p.eval_loss is not None else "",
-                    f"epoch {p.epoch:.2f}" if p.epoch is not None else "") if part)
-                progress.update(bar, description=p.stage, completed=p.step, total=p.total, info=info)
-
-            result = train(run_dir, fresh=fresh, on_progress=update)
+        result = train_with_progress(run_dir, fresh=fresh)
     except KeyboardInterrupt:
         last = last_checkpoint(Path(config["output_dir"]))
         console.print(f"[yellow]stopped[/yellow]; {'kept ' + last.name if last else 'no checkpoint yet'}: "
@@ -217,6 +200,24 @@ def train_cmd(ctx: click.Context, run_name: str | None, data_dir: Path | None, m
         raise SystemExit(130) from None
     except FinetuneError as exc:
         raise _fail(exc) from exc
+    if merge and not (result.skipped and (run_dir / MERGED_DIR / "config.json").is_file()):
+        ctx.invoke(export_cmd, run_name=run_dir.name)
+    console.print(f"next: [bold]distill-finetune eval --run {run_dir.name}[/bold]")
+
+
+def train_with_progress(run_dir: Path, *, fresh: bool = False) -> TrainResult:
+    """`train` with a progress bar of its steps, then a table of how it went."""
+    with _progress("steps") as progress:
+        bar = progress.add_task("starting", total=None, info="")
+
+        def update(p: TrainProgress) -> None:
+            info = " · ".join(part for part in (
+                f"loss {p.loss:.4f}" if p.loss is not None else "",
+                f"eval {p.eval_loss:.4f}" if p.eval_loss is not None else "",
+                f"epoch {p.epoch:.2f}" if p.epoch is not None else "") if part)
+            progress.update(bar, description=p.stage, completed=p.step, total=p.total, info=info)
+
+        result = train(run_dir, fresh=fresh, on_progress=update)
     table = Table(title=f"run {run_dir.name}", show_header=False)
     if result.skipped:
         console.print("already trained with this exact train.yaml: nothing to do (use --fresh to train again)")
@@ -228,9 +229,7 @@ def train_cmd(ctx: click.Context, run_name: str | None, data_dir: Path | None, m
                          ("log", str(run_dir / LOG_FILE))):
         table.add_row(label, value)
     out.print(table)
-    if merge and not (result.skipped and (run_dir / MERGED_DIR / "config.json").is_file()):
-        ctx.invoke(export_cmd, run_name=run_dir.name)
-    console.print(f"next: [bold]distill-finetune eval --run {run_dir.name}[/bold]")
+    return result
 
 
 def _warn_cutoff(manifest: Manifest, cutoff: int) -> None:
@@ -271,31 +270,34 @@ def export_cmd(ctx: click.Context, run_name: str, out_dir: Path | None = None) -
 def eval_cmd(ctx: click.Context, run_name: str, data_dir: Path | None, limit: int | None, max_new_tokens: int,
              batch_size: int, use_adapter: bool, no_base: bool, quantization: str) -> None:
     """Score base and tuned model on the held-out test split; writes <run>/eval/eval.json."""
-    from .evaluate import Candidate, evaluate, write_report
+    from .evaluate import run_candidates
 
     run_dir = _layout(ctx).run(run_name)
     try:
         settings = read_run(run_dir)
-        base, adapter, merged = settings["model_name_or_path"], settings["output_dir"], run_dir / MERGED_DIR
-        tuned = (Candidate(name="tuned", model=base, adapter=adapter) if use_adapter or not merged.is_dir()
-                 else Candidate(name="tuned", model=str(merged)))
-        candidates = ([] if no_base else [Candidate(name="base", model=base)]) + [tuned]
-        with _progress("examples") as progress:
-            bars: dict[str, TaskID] = {}
-
-            def update(name: str, done: int, total: int) -> None:
-                if name not in bars:
-                    bars[name] = progress.add_task(f"eval {name}", total=total, info="")
-                progress.update(bars[name], completed=done)
-
-            report, predictions = evaluate(Path(data_dir or settings["dataset_dir"]), candidates, limit=limit,
-                                           max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                           quantization=quantization, on_progress=update)
-        path = write_report(report, predictions, run_dir / "eval")
+        candidates = run_candidates(run_dir, use_adapter=use_adapter, base=not no_base)
+        report, path = eval_with_progress(run_dir, Path(data_dir or settings["dataset_dir"]), candidates, limit=limit,
+                                          max_new_tokens=max_new_tokens, batch_size=batch_size, quantization=quantization)
     except FinetuneError as exc:
         raise _fail(exc) from exc
     out.print(render(report))
     console.print(f"written: {path} (and every answer in predictions-*.jsonl beside it)")
+
+
+def eval_with_progress(run_dir: Path, data_dir: Path, candidates: list[Candidate], **options: Any) -> tuple[EvalReport, Path]:
+    """`evaluate` with a progress bar per model; the report is written to <run>/eval. (report, eval.json)"""
+    from .evaluate import evaluate, write_report
+
+    with _progress("examples") as progress:
+        bars: dict[str, TaskID] = {}
+
+        def update(name: str, done: int, total: int) -> None:
+            if name not in bars:
+                bars[name] = progress.add_task(f"eval {name}", total=total, info="")
+            progress.update(bars[name], completed=done)
+
+        report, predictions = evaluate(data_dir, candidates, on_progress=update, **options)
+    return report, write_report(report, predictions, run_dir / "eval")
 
 
 def render(report: EvalReport) -> Table:

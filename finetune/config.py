@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel
 
 from distillery.config import load_mapping, parse_sets, read_mapping, yaml_value
+from distillery.workspace import Workspace
 
 from .workspace import FinetuneError, Manifest, resolve_model
 
@@ -146,3 +147,27 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FinetuneError(f"{path} does not exist: run `distill finetune train` first")
     return read_mapping(path, FinetuneError)
+
+
+def write_train_config(workspace: Workspace, *, run_name: str | None = None, data_dir: Path | None = None,
+                       model: str | None = None, method: str = "lora", stage: str = "sft", from_run: str | None = None,
+                       overrides: dict[str, Any] | None = None, precision: str = "auto",
+                       deepspeed: int | None = None) -> tuple[Path, dict[str, Any], Manifest]:
+    """Write a run's train.yaml from the prepared dataset: (run dir, the config, the dataset's manifest).
+    The run is named `<stage>-<method>` unless named; DPO starts from `from_run`'s merged model."""
+    data = data_dir or workspace.finetune_data
+    run_dir = workspace.run(run_name or f"{stage}-{method}")
+    manifest = Manifest.load(data)
+    if not manifest.checked:
+        raise FinetuneError(f"{data} failed its last check: fix it and run `distill finetune check`")
+    if stage == "dpo":
+        if not from_run or model:
+            raise FinetuneError("--stage dpo starts from the merged model of an SFT run: give --from-run NAME (and no --model)")
+        model = str(workspace.run(from_run) / MERGED_DIR)
+        if not Path(model, "config.json").is_file():
+            raise FinetuneError(f"{model} does not exist: export run {from_run} first (distill finetune export --run {from_run})")
+    options = RunOptions(model=model or manifest.model, method=method, stage=stage, precision=precision,  # type: ignore[arg-type]
+                         deepspeed=deepspeed)  # type: ignore[arg-type]
+    config = build_config(options, data_dir=data, manifest=manifest, run_dir=run_dir, overrides=overrides or {})
+    write_run(run_dir, config)
+    return run_dir, config, manifest

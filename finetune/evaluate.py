@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from distillery.jsonl import write_jsonl
 from distillery.parsing import ContractError, match_label, parse_answer
 from distillery.records import TrainingExample
 
@@ -189,7 +190,17 @@ def write_report(report: EvalReport, predictions: dict[str, list[Prediction]], o
     path = out_dir / REPORT_FILE
     path.write_text(report.model_dump_json(indent=2), encoding="utf-8")
     for name, preds in predictions.items():
-        with (out_dir / f"predictions-{name}.jsonl").open("w", encoding="utf-8") as fh:
-            for p in preds:
-                fh.write(p.model_dump_json() + "\n")
+        write_jsonl(out_dir / f"predictions-{name}.jsonl", preds)
     return path
+
+
+def run_candidates(run_dir: Path, *, use_adapter: bool = False, base: bool = True) -> list[Candidate]:
+    """What `eval` scores for a run: its base model (unless `base` is False) and the tuned model,
+    merged when the run has a merged dir (else, or with `use_adapter`, base + adapter)."""
+    from .config import MERGED_DIR, read_run
+
+    settings = read_run(run_dir)
+    base_model, adapter, merged = settings["model_name_or_path"], settings["output_dir"], Path(run_dir) / MERGED_DIR
+    tuned = (Candidate(name="tuned", model=base_model, adapter=adapter) if use_adapter or not merged.is_dir()
+             else Candidate(name="tuned", model=str(merged)))
+    return ([Candidate(name="base", model=base_model)] if base else []) + [tuned]

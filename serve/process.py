@@ -17,7 +17,13 @@ from pathlib import Path
 
 import httpx
 
+from distillery.errors import DistilleryError
+
 _LISTENING = re.compile(r"Listening at: (http://[\d.]+:\d+)")
+
+
+class ServerFailed(DistilleryError, RuntimeError):
+    """The server exited or never became ready; the message holds its log."""
 
 
 class ServerProcess:
@@ -54,7 +60,7 @@ class ServerProcess:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+                raise ServerFailed(f"the server exited with {self.proc.returncode}:\n{self.log.read_text()}")
             if not self.url and (found := _LISTENING.search(self.log.read_text(errors="replace"))):
                 self.url = found.group(1)
             if self.url:
@@ -64,7 +70,7 @@ class ServerProcess:
                 except httpx.TransportError:
                     pass
             time.sleep(0.2)
-        raise RuntimeError(f"the server was not ready after {self.ready_timeout_s:g} s:\n{self.log.read_text()}")
+        raise ServerFailed(f"the server was not ready after {self.ready_timeout_s:g} s:\n{self.log.read_text()}")
 
     def stop(self, timeout_s: float = 60) -> int | None:
         """SIGTERM (gunicorn lets requests in flight finish), then SIGKILL if it hangs."""

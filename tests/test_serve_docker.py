@@ -106,3 +106,16 @@ def test_compose_services_build_these_images_with_real_config_fields() -> None:
     assert config.model == "/models" and config.adapter is None and config.quantization == "none"
     assert serve["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "/models:ro" in serve["volumes"][0]
+
+
+def test_the_serve_image_carries_only_the_core_and_serve() -> None:
+    copied = [rest.split()[0] for word, rest in instructions(DOCKER / "serve.Dockerfile")
+              if word == "COPY" and not rest.startswith("--from")]
+    packages = {c.rstrip("/") for c in copied if (ROOT / c).is_dir() and (ROOT / c / "__init__.py").is_file()}
+    assert packages == {"distillery", "serve"}
+    installs = " ".join(rest for word, rest in instructions(DOCKER / "serve.Dockerfile") if word == "RUN")
+    assert '".[serve]"' in installs and "llamafactory" not in installs
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    serve_deps = " ".join(project["dependencies"] + project["optional-dependencies"]["serve"])
+    for other in ("pypdf", "python-docx", "openpyxl", "datasketch", "llamafactory"):
+        assert other not in serve_deps, f"{other} would be installed into the serve image"

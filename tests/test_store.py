@@ -59,3 +59,59 @@ def test_foreign_keys_are_enforced(tmp_path):
     except sqlite3.IntegrityError:
         return
     raise AssertionError("an annotation of a missing chunk was accepted")
+
+
+def test_a_workspace_from_before_schema_versions_opens_and_migrates(tmp_path):
+    from distillery.store import SCHEMA_V1, SCHEMA_VERSION
+
+    # What every release before versioning left behind: the v1 tables, user_version 0, data in them.
+    db = sqlite3.connect(tmp_path / "distillery.db")
+    db.executescript(SCHEMA_V1)
+    db.execute("INSERT INTO documents VALUES ('doc0', 'old.txt', 'txt', 'utf-8', 3, NULL, '{}', 'then')")
+    db.commit()
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    db.close()
+    store = Store.open(tmp_path)
+    assert store.version() == SCHEMA_VERSION >= 1
+    assert store.document("doc0").path == "old.txt"
+    store.add_document(*_doc(1))  # and it works as a new one does
+    store.close()
+    assert Store.open(tmp_path).version() == SCHEMA_VERSION  # opening again changes nothing
+
+
+def test_a_store_from_a_newer_release_is_refused_untouched(tmp_path):
+    from distillery.errors import DistilleryError
+    from distillery.store import SCHEMA_VERSION
+
+    Store.open(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "distillery.db")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    try:
+        Store.open(tmp_path)
+    except DistilleryError as exc:
+        assert "newer than this distillery knows" in str(exc) and "upgrade distillery" in str(exc)
+    else:
+        raise AssertionError("a store from a newer release was opened")
+    db = sqlite3.connect(tmp_path / "distillery.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+
+
+def test_a_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):
+    from distillery import store as store_module
+
+    Store.open(tmp_path).close()
+    broken = (*store_module.MIGRATIONS, "CREATE TABLE extra (x INTEGER);\nINSERT INTO nowhere VALUES (1);\n")
+    monkeypatch.setattr(store_module, "MIGRATIONS", broken)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
+    try:
+        Store.open(tmp_path)
+    except sqlite3.OperationalError:
+        pass
+    else:
+        raise AssertionError("the broken migration did not fail")
+    monkeypatch.undo()
+    store = Store.open(tmp_path)
+    assert store.version() == len(store_module.MIGRATIONS)
+    tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "extra" not in tables  # the half-done step was rolled back
