@@ -111,9 +111,10 @@ class RunContext:
         except ValueError:
             return str(path)
 
-    def command(self, stage: str, *args: str | Path) -> None:
-        """Print the stage command that does what the step is about to do."""
-        words = ["distill", stage, "-w", self.show(self.workspace.root),
+    def command(self, stage: str, *args: str | Path, workspace: bool = True) -> None:
+        """Print the stage command that does what the step is about to do (with `-w` unless the
+        stage works outside a workspace)."""
+        words = ["distill", stage, *(["-w", self.show(self.workspace.root)] if workspace else []),
                  *(self.show(a) if isinstance(a, Path) else str(a) for a in args)]
         self.console.print(f"[bold cyan]$ {shlex.join(words)}[/]", highlight=False)
 

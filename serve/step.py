@@ -15,6 +15,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -27,6 +28,8 @@ from distillery.stages import Stage
 
 from .cli import main
 from .process import ServerProcess
+
+MEASURE_TIMEOUT_S = 1800  # per request while measuring; the server's default (60 s) is for production traffic
 
 
 class ServeTargets(BaseModel):
@@ -67,16 +70,20 @@ def run(ctx: RunContext, settings: ServeSettings) -> StepResult:
 
     model, prompts = ctx.handoff.model_dir, ctx.handoff.probe_prompts[: settings.proof_inputs]
     assert model is not None, "serve runs after finetune"
-    args = ["--model", str(model), "--max-new-tokens", str(settings.max_new_tokens),
-            "--quantization", settings.quantization]
+    options: list[str | Path] = ["--model", model, "--max-new-tokens", str(settings.max_new_tokens),
+                                 "--quantization", settings.quantization]
     if ctx.threads:
-        args += ["--torch-threads", str(ctx.threads)]
-    ctx.command("serve", "gunicorn", *args)
+        options += ["--torch-threads", str(ctx.threads)]
+    ctx.command("serve", "gunicorn", *options, workspace=False)
+    # One request at a time, measured: on a slow or busy machine a full answer may take minutes,
+    # which the server's default per-request limit (then 504) would cut off.
+    args = [str(o) for o in options] + ["--timeout-s", str(MEASURE_TIMEOUT_S)]
     tokenizer = AutoTokenizer.from_pretrained(model)
     log = ctx.workspace.root / "serve.log"
     with ServerProcess(args, log=log) as server:
         ctx.console.print(f"listening at {server.url}; asking {len(prompts)} held-out inputs, conclusion only and with reasoning")
-        figures = measure_early_exit(server.url, prompts, lambda text: len(tokenizer.encode(text)))
+        figures = measure_early_exit(server.url, prompts, lambda text: len(tokenizer.encode(text)),
+                                     timeout_s=MEASURE_TIMEOUT_S + 60)
     ctx.console.print(f"POST {server.url}/algorithm/ChatRest {json.dumps(figures.example_request, ensure_ascii=False)[:160]}…")
     ctx.console.print(f"-> {json.dumps(figures.example_response, ensure_ascii=False)}", highlight=False)
     target = Target(name="early-exit speedup", wanted=f">= {settings.targets.speedup:g}x", got=f"{figures.speedup:.1f}x",
@@ -99,7 +106,7 @@ def _completion_tokens(client: httpx.Client) -> float:
 
 
 def measure_early_exit(url: str, prompts: list[str], count_tokens: Callable[[str], int],
-                       timeout_s: float = 600) -> EarlyExitFigures:
+                       timeout_s: float = MEASURE_TIMEOUT_S) -> EarlyExitFigures:
     """Ask every prompt twice, one request at a time: conclusion only, then with the reasoning.
 
     The order alternates per input so neither mode always runs on a warmer cache.

@@ -137,7 +137,7 @@ def test_running_again_resumes_instead_of_redoing(finished: tuple[Path, Path, Ru
     assert result.exit_code == 0, result.output
     # It says which stage command each step is, so any step can be re-run by hand.
     for command in ("distill annotate -w", " ingest ", "distill qc -w", " check ", "distill finetune -w", " train ",
-                    "distill serve -w", " gunicorn "):
+                    "distill serve gunicorn --model "):
         assert command in result.output
     again = RunReport.model_validate_json(Workspace(ws).report_json.read_text(encoding="utf-8"))
     with Store.open(ws) as store:
