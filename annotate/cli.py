@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -69,9 +70,9 @@ def ingest_with_status(store: Store, paths: Iterable[Path], config: ChunkingConf
         table.add_row(label, str(value))
     console.print(table)
     for failure in report.failures:
-        console.print(f"[red]failed[/red] {failure.path}: {failure.reason}")
+        console.print(f"[red]failed[/red] {escape(failure.path)}: {escape(failure.reason)}")
     for warning in report.warnings[:20]:
-        console.print(f"[yellow]warning[/yellow] {warning}")
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}")
     if len(report.warnings) > 20:
         console.print(f"[yellow]… {len(report.warnings) - 20} more warnings[/yellow]")
     return report
@@ -174,6 +175,9 @@ def run_planned_job(store: Store, task: Task, config: JobConfig, pending: int) -
     _print_summary(store, task.name, stats)
     if stats.stopped:
         raise JobStopped(stats.stopped)
+    if failed := stats.by_status.get("failed", 0):
+        raise JobStopped(f"{failed} records got no answer (status failed; the reasons are above): run again with "
+                         "--retry failed once the teacher answers")
     return stats
 
 
@@ -229,14 +233,16 @@ def _print_summary(store: Store, task_name: str, stats: runner.JobStats | None) 
         return
     run = Table(title="this run", show_header=False)
     for label, value in (("records finished", stats.done), ("calls sent", stats.calls_sent),
-                         ("answers reused (not paid again)", stats.calls_reused), ("HTTP retries", stats.retries),
+                         ("answers reused (not paid again)", stats.calls_reused),
+                         ("left to another run that had them out", stats.calls_held),
+                         ("cancelled before they were sent", stats.calls_cancelled), ("HTTP retries", stats.retries),
                          ("re-asks for broken format", stats.reasks),
                          ("tokens", f"{stats.prompt_tokens:,} in / {stats.completion_tokens:,} out"),
                          ("cost", f"{stats.cost:.4f} {stats.currency}"), ("elapsed", f"{stats.elapsed_s:.1f} s")):
         run.add_row(label, str(value))
     Console().print(run)
     for err in stats.errors:
-        console.print(f"[yellow]{err}[/yellow]")
+        console.print(escape(err), style="yellow")  # errors end in "[chunk … (path #n)]": not markup
 
 
 @main.command("status")

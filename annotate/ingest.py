@@ -94,7 +94,7 @@ def ingest(
     config = config or ChunkingConfig()
     length = length_function(config)
     report = IngestReport()
-    for path in iter_files(paths):
+    for path in iter_files(paths, skipped=report.warnings):
         report.files += 1
         if on_file:
             on_file(path)

@@ -121,8 +121,10 @@ def read_file_report(path: Path, *, text_field: str = "text") -> tuple[list[Sour
     return [_single(path, kind, encoding, [Page(None, _normalize(text))], meta)], []
 
 
-def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Yield the given files, and the files under the given directories (sorted, no hidden ones)."""
+def iter_files(paths: Iterable[Path], skipped: list[str] | None = None) -> Iterator[Path]:
+    """Yield the given files, and the files under the given directories (sorted). Hidden files
+    and folders, and folders reached through a symlink (a link loop would never end), are not
+    read; each is described in `skipped`, when given, so the summary can say so."""
     for path in map(Path, paths):
         if not path.is_dir():
             yield path  # a file named explicitly is kept, hidden or not; read_file judges it
@@ -130,9 +132,23 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
         found: list[Path] = []
         # os.walk does not follow directory symlinks, so a link loop cannot recurse forever.
         for root, dirs, files in os.walk(path):
+            for name in dirs:
+                if name.startswith("."):
+                    _note(skipped, f"{Path(root, name)}/: hidden folder, not read (name its files to ingest them)")
+                elif Path(root, name).is_symlink():
+                    _note(skipped, f"{Path(root, name)}/: a symlink to a folder, not followed (ingest its target)")
             dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found.extend(Path(root, name) for name in files if not name.startswith("."))
+            for name in files:
+                if name.startswith("."):
+                    _note(skipped, f"{Path(root, name)}: hidden file, not read (name it to ingest it)")
+                else:
+                    found.append(Path(root, name))
         yield from sorted(found, key=lambda p: p.relative_to(path).parts)
+
+
+def _note(skipped: list[str] | None, what: str) -> None:
+    if skipped is not None:
+        skipped.append(what)
 
 
 # ---------------------------------------------------------------- text decoding

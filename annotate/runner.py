@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator
 from pydantic import BaseModel, Field
 
 from distillery.accounting import Price, cost, estimate_prompt_tokens
-from distillery.ledger import JobStopped, Ledger, LedgerStats
+from distillery.ledger import CallHeld, JobStopped, Ledger, LedgerStats, fatal_advice
 from distillery.parsing import ContractError
 from distillery.records import Annotation, Step
 from distillery.store import Store
 from distillery.tasks import Task
-from distillery.teacher import ChatRequest, Guide, Message, Teacher, TeacherError
+from distillery.teacher import ChatRequest, ChatResult, Guide, Message, Teacher, TeacherError
 from distillery.teacher_config import JobConfig, build_teacher
 
 
@@ -119,15 +119,18 @@ def estimate(store: Store, task: Task, config: JobConfig) -> Estimate:
 
 
 class Job:
-    def __init__(self, store: Store, task: Task, config: JobConfig, *, teacher: Teacher | None = None) -> None:
+    def __init__(self, store: Store, task: Task, config: JobConfig, *, teacher: Teacher | None = None,
+                 stop: asyncio.Event | None = None) -> None:
         self.store, self.task, self.config = store, task, config
         self.teacher = teacher or build_teacher(config.teacher, on_retry=self.on_retry)
         self.model = config.teacher.resolved_model()
         self.price: Price = config.price()
         self.stats = JobStats(currency=self.price.currency)
+        self.stop = stop or asyncio.Event()
         self.ledger = Ledger(store, self.teacher, model=self.model, base_url=config.teacher.resolved_base_url(),
-                             price=self.price, budget=config.budget, stats=self.stats)
-        self.stop = asyncio.Event()
+                             price=self.price, budget=config.budget, stats=self.stats, stop=self.stop,
+                             lease_s=config.teacher.lease_s())
+        self.ledger.stopped_because = "stopped on request; run the same command again to resume"
 
     # -- one call, paid at most once ------------------------------------------------------
 
@@ -159,37 +162,40 @@ class Job:
             "max_tokens": self.config.teacher.max_tokens,
         }
         error = ""
-        answers = self.task.spec.contract.max_reasks + 1
-        for answer in range(1, answers + 1):
+        # The conversation is replayed from the ledger as far as it was stored (free), then goes on
+        # with re-asks: the bound counts the answers paid for in this run, so `--retry invalid`
+        # asks again (stating the error) instead of replaying the same broken answers.
+        chain: list[ChatResult] = []
+        new_answers = 0
+        while new_answers <= self.task.spec.contract.max_reasks:
             try:
-                h, result, _ = await self.ledger.call(ann.id, self._request(messages, ann.step, chunk.text))
+                h, result, reused = await self.ledger.call(ann.id, self._request(messages, ann.step, chunk.text))
+            except CallHeld:
+                return  # another run has this record's request out: it stays pending for that run
             except TeacherError as exc:
                 ann.status = {"content_filter": "refused", "context_overflow": "too_long"}.get(exc.kind, "failed")
                 ann.error = f"{exc.kind}: {exc.message} [{self._where(ann)}]"
-                self._finish(ann)
+                self._finish(ann, chain)
                 return
-            ann.attempts += 1
+            chain.append(result)
+            new_answers += not reused
             ann.request_hash, ann.raw_text = h, result.content
-            ann.prompt_tokens += result.prompt_tokens
-            ann.completion_tokens += result.completion_tokens
-            ann.cost += cost(self.price, result.prompt_tokens, result.completion_tokens)
-            ann.latency_s += result.latency_s
             try:
                 parsed = self.task.parse(ann.step, result.content, result.finish_reason)
                 questions = self.task.questions(parsed) if ann.step == "questions" else []
             except ContractError as exc:
                 error = str(exc)
-                if answer < answers:
-                    self.stats.reasks += 1
+                if new_answers <= self.task.spec.contract.max_reasks:
+                    self.stats.reasks += not reused
                     messages = [*messages, {"role": "assistant", "content": result.content}, self.task.reask(error)]
                 continue
             ann.status, ann.conclusion, ann.reasoning, ann.error = "ok", parsed.conclusion, parsed.reasoning, None
-            self._finish(ann)
+            self._finish(ann, chain)
             if questions:
                 self._fan_out(ann, questions)
             return
-        ann.status, ann.error = "invalid", f"contract broken after {ann.attempts} answers: {error}"
-        self._finish(ann)
+        ann.status, ann.error = "invalid", f"contract broken after {len(chain)} answers: {error}"
+        self._finish(ann, chain)
 
     def _fan_out(self, parent: Annotation, questions: list[str]) -> None:
         children = [
@@ -209,7 +215,14 @@ class Job:
         ]
         self.stats.total += self.store.plan(children)
 
-    def _finish(self, ann: Annotation) -> None:
+    def _finish(self, ann: Annotation, chain: list[ChatResult]) -> None:
+        """Store the record with the figures of every answer in its conversation, each once (a
+        replayed answer is the same call, whether this run or an earlier one paid for it)."""
+        ann.attempts = len(chain)
+        ann.prompt_tokens = sum(r.prompt_tokens for r in chain)
+        ann.completion_tokens = sum(r.completion_tokens for r in chain)
+        ann.cost = sum(cost(self.price, r.prompt_tokens, r.completion_tokens) for r in chain)
+        ann.latency_s = sum(r.latency_s for r in chain)
         self.store.save_annotation(ann)
         self.stats.done += 1
         self.stats.by_status[ann.status] = self.stats.by_status.get(ann.status, 0) + 1
@@ -220,6 +233,13 @@ class Job:
 
     async def run(self, *, concurrency: int, on_progress: Callable[[JobStats], None] | None = None) -> JobStats:
         started = time.monotonic()
+        if (problem := await self.teacher.probe()) is not None:
+            self.stats.stopped = (fatal_advice(problem) if problem.fatal else
+                                  f"cannot reach the teacher at {self.ledger.base_url}: {problem.message}; check "
+                                  "--base-url and the network, then run the same command again")
+            self.ledger.close()
+            await self.teacher.aclose()
+            return self.stats
         self.stats.total = self.store.job_count(task_hash=self.task.hash, model=self.model)
         queue: asyncio.Queue[Annotation | None] = asyncio.Queue(maxsize=concurrency * 2)
 
@@ -256,6 +276,7 @@ class Job:
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers, return_exceptions=True)
+            self.ledger.close()
             await self.teacher.aclose()
         self.stats.elapsed_s = time.monotonic() - started
         return self.stats
@@ -274,7 +295,5 @@ async def run_job(
     stop: asyncio.Event | None = None,
 ) -> JobStats:
     """Run the planned job (see `plan`) to the end, or until a fatal error, the budget or `stop`."""
-    job = Job(store, task, config, teacher=teacher)
-    if stop is not None:
-        job.stop = stop
+    job = Job(store, task, config, teacher=teacher, stop=stop)
     return await job.run(concurrency=config.teacher.limits().concurrency, on_progress=on_progress)

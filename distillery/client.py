@@ -22,7 +22,7 @@ import httpx
 
 from .accounting import estimate_prompt_tokens
 from .ratelimit import Limits, RateLimiter
-from .teacher import ChatRequest, ChatResult, TeacherError
+from .teacher import ChatRequest, ChatResult, Gate, TeacherError
 
 _log = logging.getLogger(__name__)
 
@@ -187,9 +187,10 @@ class OpenAIChatClient:
         key = "set" if self._api_key else "none"
         return f"OpenAIChatClient(base_url={self.base_url!r}, key={key}, limits={self.limits!r})"
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
+    async def complete(self, request: ChatRequest, *, gate: Gate | None = None) -> ChatResult:
         estimated = self._estimate(request)
-        data, latency, attempts = await self._call("POST", "/chat/completions", request.body(), estimated, _check_chat)
+        data, latency, attempts = await self._call("POST", "/chat/completions", request.body(), estimated, _check_chat,
+                                                   gate)
         choice = data["choices"][0]
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return ChatResult(
@@ -207,6 +208,19 @@ class OpenAIChatClient:
         data, _, _ = await self._call("GET", "/models", None, 0, _check_models)
         return [str(m["id"]) for m in data["data"] if isinstance(m, dict) and "id" in m]
 
+    async def probe(self) -> TeacherError | None:
+        """GET /models once, no retries: a teacher that cannot be reached, or refuses the key, fails
+        every request, so a job should not start. Other answers (some servers have no /models) pass."""
+        try:
+            async with asyncio.timeout(min(self._timeout_s, 30)):
+                await self._attempt("GET", "/models", None)
+        except TeacherError as exc:
+            if exc.kind in ("connection", "timeout") or exc.fatal:
+                return self._redact(exc)
+        except TimeoutError:
+            return TeacherError("timeout", f"{self.base_url} did not answer within 30 s")
+        return None
+
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.aclose()
@@ -218,13 +232,14 @@ class OpenAIChatClient:
         body: dict[str, Any] | None,
         estimated: int,
         check: Callable[[dict[str, Any]], None],
+        gate: Gate | None = None,
     ) -> tuple[dict[str, Any], float, int]:
         """One logical request: paced attempts, retried with backoff; (data, latency, attempts)."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                data, latency = await self._paced(method, path, body, estimated, check)
+                data, latency = await self._paced(method, path, body, estimated, check, gate)
                 return data, latency, attempt
             except TeacherError as exc:
                 err = self._redact(exc)
@@ -251,9 +266,16 @@ class OpenAIChatClient:
         body: dict[str, Any] | None,
         estimated: int,
         check: Callable[[dict[str, Any]], None],
+        gate: Gate | None = None,
     ) -> tuple[dict[str, Any], float]:
         """One attempt under the limiter, settling its token estimate; returns (data, latency)."""
         async with self._limiter.slot(estimated):
+            if gate is not None:
+                try:
+                    gate()  # the last moment to cancel: nothing has left yet
+                except BaseException:
+                    self._limiter.settle(estimated, 0)
+                    raise
             started = time.monotonic()
             try:
                 data = await self._attempt(method, path, body)

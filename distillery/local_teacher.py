@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .completions import chat_completion
 from .sentences import split_sentences
-from .teacher import ChatRequest, ChatResult, Guide, TeacherError
+from .teacher import ChatRequest, ChatResult, Gate, Guide, TeacherError
 
 EVIDENCE_SENTENCES = 2  # quoted as the reasoning of an extractive (channel-scored) answer
 _HAN = re.compile(r"[\u4e00-\u9fff]")
@@ -71,8 +71,10 @@ class LocalTeacher:
                 self._batcher = Batcher(runtime, max_batch=self._max_batch)
         return self._batcher
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
+    async def complete(self, request: ChatRequest, *, gate: Gate | None = None) -> ChatResult:
         batcher = await self._get_batcher()
+        if gate is not None:
+            gate()
         from pydantic import ValidationError
 
         from .engine import QueueFull
@@ -153,6 +155,9 @@ class LocalTeacher:
         while len(spans) > 1 and runtime.count_tokens(head + quote(source, spans)) > max_tokens:
             spans = spans[:-1]
         return head + quote(source, sorted(spans))
+
+    async def probe(self) -> TeacherError | None:
+        return None  # the model loads on the first request; a load error then says why
 
     async def aclose(self) -> None:
         if self._batcher is not None:

@@ -120,6 +120,7 @@ class Call(BaseModel):
     attempts: int | None = None
     sent_at: str
     done_at: str | None = None
+    claimed_by: str | None = None  # "host:pid:token" of the run that sent it
 
 
 class LineageRecord(BaseModel):

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
@@ -36,6 +36,11 @@ from .records import (
     utcnow,
 )
 from .workspace import Workspace
+
+
+class Claim(NamedTuple):
+    outcome: Literal["claimed", "answered", "held"]
+    call: Call | None  # the stored answer ("answered") or the holder's row ("held")
 
 
 class StoreError(DistilleryError):
@@ -116,8 +121,14 @@ CREATE INDEX IF NOT EXISTS reviews_annotation ON reviews(annotation_id);
 CREATE INDEX IF NOT EXISTS reviews_sample_reviewer ON reviews(sample_id, reviewer);
 """
 
+# Version 2: who holds a call that is out ('sent'), so two runs on one workspace never send the
+# same request twice: "host:pid:token" of the ledger that claimed it.
+SCHEMA_V2 = """
+ALTER TABLE calls ADD COLUMN claimed_by TEXT;
+"""
+
 # MIGRATIONS[i] takes a store from version i to i + 1. Append; never edit a released one.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 M = TypeVar("M", bound=BaseModel)
@@ -401,17 +412,38 @@ class Store:
         row = self.db.execute("SELECT * FROM calls WHERE request_hash = ? AND status = 'ok'", (request_hash,)).fetchone()
         return _row_to(Call, row) if row else None
 
-    def call_sent(
-        self, request_hash: str, *, annotation_id: str, provider: str, base_url: str | None, model: str, request: dict[str, Any]
-    ) -> None:
-        """Record the request before it leaves: a crash after this point is visible, never silent."""
-        self.db.execute(
-            "INSERT INTO calls (request_hash, annotation_id, provider, base_url, model, request, status, sent_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)"
-            " ON CONFLICT(request_hash) DO UPDATE SET status = 'sent', sent_at = excluded.sent_at,"
-            " error_kind = NULL, error = NULL",
-            (request_hash, annotation_id, provider, base_url, model, json.dumps(request, ensure_ascii=False), utcnow()),
-        )
+    def claim_call(
+        self,
+        request_hash: str,
+        *,
+        owner: str,
+        holder_alive: Callable[[str, str], bool],
+        annotation_id: str,
+        provider: str,
+        base_url: str | None,
+        model: str,
+        request: dict[str, Any],
+    ) -> Claim:
+        """Atomically take the right to send a request, before it leaves: "claimed" (ours now,
+        written as 'sent'), "answered" (someone stored its answer: reuse it), or "held" (another
+        live run has it out; `holder_alive(claimed_by, sent_at)` decides who is alive). A call left
+        'sent' by a dead run, or failed, is taken over."""
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM calls WHERE request_hash = ?", (request_hash,)).fetchone()
+            if row is not None and row["status"] == "ok":
+                return Claim("answered", _row_to(Call, row))
+            if (row is not None and row["status"] == "sent" and row["claimed_by"] not in (None, owner)
+                    and holder_alive(row["claimed_by"], row["sent_at"])):
+                return Claim("held", _row_to(Call, row))
+            db.execute(
+                "INSERT INTO calls (request_hash, annotation_id, provider, base_url, model, request, status, sent_at,"
+                " claimed_by) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?, ?)"
+                " ON CONFLICT(request_hash) DO UPDATE SET status = 'sent', sent_at = excluded.sent_at,"
+                " claimed_by = excluded.claimed_by, error_kind = NULL, error = NULL",
+                (request_hash, annotation_id, provider, base_url, model, json.dumps(request, ensure_ascii=False),
+                 utcnow(), owner),
+            )
+        return Claim("claimed", None)
 
     def call_answered(
         self,

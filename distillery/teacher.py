@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, model_validator
@@ -128,11 +129,23 @@ class TeacherError(DistilleryError):
         return self.kind in FATAL
 
 
+Gate = Callable[[], None]
+
+
 class Teacher(Protocol):
-    """Anything that answers chat requests. `complete` retries internally and raises TeacherError."""
+    """Anything that answers chat requests. `complete` retries internally and raises TeacherError.
+
+    `gate`, when given, is called right before each attempt goes on the wire (after any rate
+    limiter let it through); whatever it raises cancels the request unsent. That is how a stop
+    (Ctrl-C, a fatal error, the budget) reaches requests already queued behind the limiter."""
 
     name: str  # "openai" | "local": stored on every record as the provider
 
-    async def complete(self, request: ChatRequest) -> ChatResult: ...
+    async def complete(self, request: ChatRequest, *, gate: Gate | None = None) -> ChatResult: ...
+
+    async def probe(self) -> TeacherError | None:
+        """One quick look before a job: an error that would fail every request (unreachable,
+        rejected key), else None. Nothing is paid for."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .accounting import DEFAULT_PRICES, FREE, Price
 from .config import load_config
-from .errors import ConfigError
 from .ratelimit import TIERS, Limits
 from .teacher import Teacher, TeacherError
 
@@ -42,10 +41,20 @@ class TeacherConfig(BaseModel):
     max_retries: int = Field(6, ge=0)
     backoff_s: float = Field(1.0, gt=0)  # first retry waits up to this, doubling (Moonshot: 1 s, 2 s, 4 s...)
 
+    @field_validator("tier")
+    @classmethod
+    def _known_tier(cls, tier: str) -> str:
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier '{tier}'; use one of {', '.join(TIERS)}")
+        return tier
+
     def resolved_provider(self) -> Literal["openai", "local"]:
+        """auto: the API when a base URL is set, or a key is in the default variable, or a key
+        variable was named (then a missing key is an error, not a quiet switch to the local model)."""
         if self.provider != "auto":
             return self.provider
-        return "openai" if self.base_url or os.environ.get(self.api_key_env) else "local"
+        named_key = "api_key_env" in self.model_fields_set
+        return "openai" if self.base_url or named_key or os.environ.get(self.api_key_env) else "local"
 
     def resolved_model(self) -> str:
         if self.model:
@@ -64,9 +73,12 @@ class TeacherConfig(BaseModel):
             return f"no API key: set {self.api_key_env} (or --base-url for a server that needs none)"
         return None
 
+    def lease_s(self) -> float:
+        """The longest one request can take, retries and their backoff (at most 60 s each) included:
+        after that, a call another machine left 'sent' is taken to be dead."""
+        return self.timeout_s * (self.max_retries + 1) + 60 * self.max_retries
+
     def limits(self) -> Limits:
-        if self.tier not in TIERS:
-            raise ConfigError(f"teacher.tier '{self.tier}' is unknown; use one of {', '.join(TIERS)}")
         preset = TIERS[self.tier]
         if self.resolved_provider() == "local":
             # The local model batches what it is given; more in flight only queues.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
-from distillery.ledger import JobStopped, Ledger
+from distillery.ledger import CallHeld, JobStopped, Ledger
 from distillery.parsing import ContractError, parse_answer
 from distillery.records import Flag, Judgement
 from distillery.store import Store
@@ -115,11 +115,11 @@ async def judge_records(
     if not records:
         return stats
     teacher = teacher or build_teacher(config.teacher)
+    stop = asyncio.Event()
     ledger = Ledger(store, teacher, model=model, base_url=config.teacher.resolved_base_url(), price=config.price(),
-                    budget=config.budget)
+                    budget=config.budget, stop=stop, lease_s=config.teacher.lease_s())
     stats.currency = ledger.price.currency
     limit = asyncio.Semaphore(config.teacher.limits().concurrency)
-    stop = asyncio.Event()
     done = 0
 
     async def judge(ctx: Context) -> Judgement | None:
@@ -135,6 +135,8 @@ async def judge_records(
                 stats.stopped = stats.stopped or str(exc)
                 stop.set()
                 return None
+            except CallHeld:
+                return None  # another run is asking this very judgement: its answer will be stored
             except TeacherError as exc:
                 stats.failed += 1
                 return Judgement(annotation_id=ctx.annotation.id, model=model, score=None,
@@ -150,6 +152,7 @@ async def judge_records(
     try:
         results = await asyncio.gather(*(judge(ctx) for ctx in records))
     finally:
+        ledger.close()
         await teacher.aclose()
     judgements = [j for j in results if j is not None]
     store.put_judgements(judgements)

@@ -103,3 +103,22 @@ def test_the_kimi_config_runs_the_demo_task(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {r["annotation"]["conclusion"] for r in records} <= set(labels) and len(records) == len(ZH)
     assert {r["annotation"]["model"] for r in records} == {"moonshot-v1-8k"}
+
+
+def test_ingest_says_what_it_skipped_and_run_errors_keep_their_chunk(tmp_path, monkeypatch):
+    docs = write_docs(tmp_path / "docs", [ZH[0], "[[FAULT:content_filter]] 敏感内容"])
+    (docs / ".draft.txt").write_text("隐藏的草稿。", encoding="utf-8")
+    (docs / ".cache").mkdir()
+    (docs / ".cache" / "x.txt").write_text("缓存。", encoding="utf-8")
+    outside = write_docs(tmp_path / "outside", [ZH[1]])
+    (docs / "linked").symlink_to(outside, target_is_directory=True)
+    code, out = cli("-w", tmp_path / "ws", "ingest", docs)
+    assert code == 0 and "files read" in out
+    flat = " ".join(out.split())
+    assert ".draft.txt: hidden file, not read" in flat and ".cache/: hidden folder" in flat
+    assert "linked/: a symlink to a folder, not followed" in flat
+    monkeypatch.setenv("FAKE_MOONSHOT_KEY", KEY)
+    with FakeMoonshot(api_key=KEY) as server:
+        code, out = cli("-w", tmp_path / "ws", "run", "--base-url", server.base_url, "--api-key-env", "FAKE_MOONSHOT_KEY")
+    flat = " ".join(out.split())
+    assert "content_filter" in flat and "[chunk " in flat and "doc001.txt #0)]" in flat  # rich kept the brackets

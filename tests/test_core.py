@@ -4,6 +4,7 @@ JSONL in and out, the workspace layout, and the call ledger against a real HTTP 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from distillery.accounting import Price
 from distillery.config import load_config, parse_sets, validate
 from distillery.errors import ConfigError, DistilleryError
 from distillery.jsonl import read_jsonl, write_jsonl
-from distillery.ledger import JobStopped, Ledger
+from distillery.ledger import HOST, CallHeld, JobStopped, Ledger, holder_alive
 from distillery.records import Annotation, Chunk, Document, TaskVersion
 from distillery.store import Store
 from distillery.teacher import ChatRequest
@@ -131,3 +132,78 @@ def test_the_ledger_pays_once_across_ledgers_and_stops_at_the_budget(tmp_path: P
         with pytest.raises(JobStopped, match="out of quota/balance.*run the same command again"):
             asyncio.run(_ledger(store, server).call("a", request("第三个")))
         assert {c.status for c in store.calls("a")} == {"ok", "error"}
+
+
+def test_the_budget_holds_with_many_requests_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request reserves its worst case before it leaves: with 8 at once and room for 3, the
+    spend stops within the budget (checking only what was spent let all 8 go out)."""
+    monkeypatch.setenv("FAKE_MOONSHOT_KEY", "sk-test")
+    store = _store_with_record(tmp_path)
+    long_answer = "相关####" + "理由" * 200  # cut at max_tokens: every answer costs its worst case
+    with FakeMoonshot(latency_s=0.3, responder=lambda messages: long_answer) as server:
+        requests = [ChatRequest(messages=[{"role": "user", "content": f"问题{i}"}], model="moonshot-v1-8k", max_tokens=40)
+                    for i in range(8)]
+        probe = _ledger(store, server)
+        worst = probe._worst_case(requests[0])
+        ledger = _ledger(store, server, budget=3.5 * worst)
+
+        async def all_of_them() -> list[object]:
+            return await asyncio.gather(*(ledger.call("a", r) for r in requests), return_exceptions=True)
+
+        outcomes = asyncio.run(all_of_them())
+        paid = [o for o in outcomes if not isinstance(o, BaseException)]
+        stopped = [o for o in outcomes if isinstance(o, JobStopped)]
+        assert len(paid) == 3 and len(stopped) == 5 and len(server.chat_hashes()) == 3
+        assert 0 < store.spent() <= 3.5 * worst
+        assert ledger.stats.calls_cancelled == 5 and "budget" in str(stopped[0])
+
+
+def test_a_stop_cancels_what_waits_behind_the_rate_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_MOONSHOT_KEY", "sk-test")
+    store = _store_with_record(tmp_path)
+    with FakeMoonshot(latency_s=0.5) as server:
+        teacher = build_teacher(TeacherConfig(provider="openai", base_url=server.base_url,
+                                              api_key_env="FAKE_MOONSHOT_KEY", concurrency=2, max_retries=0))
+        ledger = Ledger(store, teacher, model="moonshot-v1-8k", base_url=server.base_url,
+                        price=Price(input_per_million=1.0, output_per_million=1.0))
+
+        async def stop_soon() -> list[object]:
+            calls = [asyncio.create_task(ledger.call("a", request(f"第{i}个"))) for i in range(10)]
+            await asyncio.sleep(0.2)  # two are on the wire, eight wait for a slot
+            ledger.halt("stopped on request")
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        outcomes = asyncio.run(stop_soon())
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(answered) == 2 and len(server.chat_hashes()) == 2  # the two in flight finished and were stored
+    assert all(isinstance(o, JobStopped) for o in outcomes if isinstance(o, BaseException))
+    assert sum(c.status == "ok" for c in store.calls("a")) == 2
+
+
+def test_two_runs_at_once_never_send_the_same_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second ledger (another process, here a second claim owner) skips a call the first has out."""
+    monkeypatch.setenv("FAKE_MOONSHOT_KEY", "sk-test")
+    store = _store_with_record(tmp_path)
+    with FakeMoonshot(latency_s=0.5) as server:
+        first = _ledger(store, server)
+        second = _ledger(Store.open(tmp_path), server)
+
+        async def both() -> tuple[object, object]:
+            a = asyncio.create_task(first.call("a", request("同一个请求")))
+            await asyncio.sleep(0.1)  # the first has claimed it and is waiting for the answer
+            b = await asyncio.gather(second.call("a", request("同一个请求")), return_exceptions=True)
+            return await a, b[0]
+
+        answer, held = asyncio.run(both())
+        assert isinstance(held, CallHeld) and first.owner in str(held)
+        assert len(server.chat_hashes()) == 1
+        # Once it is answered, the other run reuses it; and a dead run's claim is taken over.
+        assert asyncio.run(second.call("a", request("同一个请求"))).reused
+        first.close()
+        store.claim_call("dead", owner=f"{HOST}:999999:gone", holder_alive=lambda o, t: False, annotation_id="a",
+                         provider="openai", base_url=None, model="m", request={})
+        takeover = store.claim_call("dead", owner=second.owner, annotation_id="a", provider="openai", base_url=None,
+                                    model="m", request={}, holder_alive=lambda o, t: holder_alive(o, t, lease_s=60))
+        assert takeover.outcome == "claimed"
+        assert not holder_alive(f"{HOST}:999999:gone", "2026-01-01T00:00:00+00:00", lease_s=60)
+        assert holder_alive(first.owner.replace(HOST, "elsewhere"), datetime.now(timezone.utc).isoformat(), lease_s=60)

@@ -43,7 +43,7 @@ def test_kill_9_then_resume_annotates_each_chunk_exactly_once(tmp_path):
             stored = {r[0] for r in con.execute("SELECT request FROM calls WHERE status = 'ok'")}
             in_flight = con.execute("SELECT COUNT(*) FROM calls WHERE status = 'sent'").fetchone()[0]
         assert 8 <= len(stored) < N, "the kill must land mid-job"
-        seen_before = len(server.chat_hashes())
+        seen_before = len(server.requests)  # every request so far (the job's probe included), not only chats
 
         out, _ = _cli(ws, server.base_url).communicate(timeout=120)
         assert "annotating" in out
@@ -58,3 +58,17 @@ def test_kill_9_then_resume_annotates_each_chunk_exactly_once(tmp_path):
         rows = con.execute("SELECT chunk_id, COUNT(*), MIN(status), MAX(status) FROM annotations GROUP BY chunk_id").fetchall()
         assert len(rows) == N and all(n == 1 and lo == hi == "ok" for _, n, lo, hi in rows)
         assert con.execute("SELECT COUNT(*) FROM calls WHERE status != 'ok'").fetchone()[0] == 0
+
+
+def test_two_runs_on_one_workspace_at_once_pay_for_each_request_once(tmp_path):
+    docs = write_docs(tmp_path / "docs", [f"第{i}条 个人信息处理者应当履行第{i}项义务。" for i in range(N)])
+    ws = tmp_path / "ws"
+    subprocess.run([sys.executable, "-m", "annotate", "-w", str(ws), "ingest", str(docs)], check=True, capture_output=True)
+    with FakeMoonshot(api_key=KEY, latency_s=0.3) as server:
+        first, second = _cli(ws, server.base_url), _cli(ws, server.base_url)
+        outputs = [proc.communicate(timeout=120)[0] for proc in (first, second)]
+        assert [first.returncode, second.returncode] == [0, 0], outputs
+        sent = server.chat_hashes()
+    assert len(sent) == len(set(sent)) == N, "a request was sent (and paid for) twice"
+    with sqlite3.connect(ws / "distillery.db") as con:
+        assert con.execute("SELECT COUNT(*) FROM annotations WHERE status = 'ok'").fetchone()[0] == N

@@ -123,7 +123,7 @@ def test_auth_error_stops_the_job(tmp_path, monkeypatch):
     store = ingested_store(tmp_path)
     with FakeMoonshot(api_key=KEY) as server:
         stats = run(store, load_task("relevance"), openai_config(server.base_url, concurrency=1))
-        assert len(server.chat_hashes()) == 1
+        assert len(server.chat_hashes()) == 0  # the key was refused by the probe, before any paid request
     assert stats.stopped and "key" in stats.stopped
     assert {a.status for _, a in store.annotations()} == {"pending"}
 
@@ -133,12 +133,13 @@ def test_budget_cap_stops_then_resumes(tmp_path, key):
     task = load_task("relevance")
     with FakeMoonshot(api_key=key) as server:
         config = openai_config(server.base_url, concurrency=1)
-        config.budget = 1e-9  # less than one answer costs
+        config.budget = 1e-9  # less than one answer costs: nothing may be sent
         stats = run(store, task, config)
-        assert stats.stopped and "budget" in stats.stopped and stats.done == 1
+        assert stats.stopped and "budget" in stats.stopped and stats.done == 0
+        assert server.chat_hashes() == [] and store.spent() == 0
         config.budget = 10.0
         stats = run(store, task, config)
-        assert stats.stopped is None and stats.done == len(ZH) - 1
+        assert stats.stopped is None and stats.done == len(ZH)
 
 
 def test_two_step_qa_fans_out_answers_linked_to_questions(tmp_path, key):
@@ -190,3 +191,86 @@ def test_config_file_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="tier9"):
         load_job_config(bad).teacher.limits()
     assert json.loads(load_job_config(None).model_dump_json())["teacher"]["api_key_env"] == "MOONSHOT_API_KEY"
+
+
+def test_retry_invalid_asks_again_and_counts_each_answer_once(tmp_path, key):
+    store = ingested_store(tmp_path, ZH[:1])
+    task = load_task("relevance")
+    answers = task.spec.contract.max_reasks + 1
+    with FakeMoonshot(api_key=key) as server:
+        server.inject(*["bad-format"] * answers)  # the whole first run gets broken answers
+        run(store, task, openai_config(server.base_url))
+        (_, broken), = store.annotations()
+        assert broken.status == "invalid" and broken.attempts == answers
+        stats = run(store, task, openai_config(server.base_url), retry=("invalid",))
+        assert len(server.chat_hashes()) == answers + 1  # the stored answers replayed free, then one new re-ask
+    (_, fixed), = store.annotations()
+    assert fixed.status == "ok" and fixed.attempts == answers + 1
+    assert stats.calls_reused == answers and stats.calls_sent == 1
+    calls = store.calls(fixed.id)
+    assert len(calls) == answers + 1 and "####" in calls[-1].request["messages"][-1]["content"]  # the error stated
+    # Tokens and cost of the record are its calls', each counted once.
+    assert fixed.prompt_tokens == sum(c.prompt_tokens for c in calls)
+    assert fixed.cost == pytest.approx(sum(c.cost for c in calls))
+
+
+def test_a_named_key_variable_that_is_unset_is_an_error_not_the_local_model(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from annotate.cli import main
+
+    monkeypatch.delenv("MY_TEACHER_KEY", raising=False)
+    monkeypatch.delenv("MOONSHOT_API_KEY", raising=False)
+    named = load_job_config(None, {"teacher.api_key_env": "MY_TEACHER_KEY"}).teacher
+    assert named.resolved_provider() == "openai" and "MY_TEACHER_KEY" in named.key_problem()
+    assert load_job_config(None).teacher.resolved_provider() == "local"  # only the bare default falls back
+    store = ingested_store(tmp_path)
+    store.close()
+    result = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "run", "--api-key-env", "MY_TEACHER_KEY"])
+    assert result.exit_code == 1 and "set MY_TEACHER_KEY" in result.output
+
+
+@pytest.mark.parametrize("args", [["--tier", "tier9"], ["--tier", "tier9", "--dry-run"]])
+def test_an_unknown_tier_is_one_line_naming_the_tiers(tmp_path, args):
+    from click.testing import CliRunner
+
+    from annotate.cli import main
+
+    ingested_store(tmp_path).close()
+    result = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "run", *args])
+    assert result.exit_code == 1 and "unknown tier 'tier9'" in result.output and "tier5" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_unreachable_teacher_stops_before_the_job_and_the_run_fails(tmp_path, monkeypatch):
+    import socket
+    import time as clock
+
+    from click.testing import CliRunner
+
+    from annotate.cli import main
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    ingested_store(tmp_path).close()
+    monkeypatch.setenv("FAKE_MOONSHOT_KEY", "sk-x")
+    started = clock.monotonic()
+    result = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "run", "--base-url", dead,
+                                       "--api-key-env", "FAKE_MOONSHOT_KEY"])
+    assert clock.monotonic() - started < 10  # not 7 retries per record
+    assert result.exit_code == 1 and "cannot reach the teacher" in result.output
+
+
+def test_a_teacher_that_goes_down_mid_job_stops_it_and_failed_records_fail_the_run(tmp_path, key):
+    store = ingested_store(tmp_path, [f"第{i}条 个人信息。" for i in range(12)])
+    task = load_task("relevance")
+    with FakeMoonshot(api_key=key) as server:
+        config = openai_config(server.base_url, concurrency=1, max_retries=0)
+        server.inject("reset", "reset", "reset", "reset")  # after the probe: every request is cut off
+        stats = run(store, task, config)
+    assert stats.stopped and "no answer to 3 requests in a row" in stats.stopped
+    assert len(server.chat_hashes()) == 3  # then nothing more was sent
+    # Two records failed; the third request's stopped the job and its record waits, with the rest.
+    assert stats.by_status == {"failed": 2}
+    assert sum(a.status == "pending" for _, a in store.annotations()) == 10

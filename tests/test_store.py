@@ -36,7 +36,9 @@ def test_call_ledger_and_lineage_round_trip(tmp_path):
     store.put_task(TaskVersion(hash="h1", name="t", body="name: t"))
     ann = Annotation(id="a1", chunk_id=chunks[0].id, task_hash="h1", task_name="t", model="m")
     store.plan([ann])
-    store.call_sent("req1", annotation_id="a1", provider="openai", base_url="u", model="m", request={"x": 1})
+    claim = store.claim_call("req1", owner="h:1:t", holder_alive=lambda owner, sent_at: True, annotation_id="a1",
+                             provider="openai", base_url="u", model="m", request={"x": 1})
+    assert claim.outcome == "claimed"
     assert store.answered_call("req1") is None  # sent but unanswered: must be sent again
     store.call_answered("req1", response={"id": 1}, content="相关####r", finish_reason="stop", prompt_tokens=3,
                         completion_tokens=4, cost=0.5, latency_s=0.1, attempts=1)

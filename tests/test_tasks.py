@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from annotate import runner
 from distillery.tasks import TaskFileError, builtin_names, load_task
-from distillery.teacher import ChatRequest, ChatResult, Guide
+from distillery.teacher import ChatRequest, ChatResult, Gate, Guide
 from helpers import ingested_store, openai_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,9 +135,14 @@ class _Recorder:
     def __init__(self) -> None:
         self.requests: list[ChatRequest] = []
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
+    async def complete(self, request: ChatRequest, *, gate: Gate | None = None) -> ChatResult:
+        if gate is not None:
+            gate()
         self.requests.append(request)
         return ChatResult(content="privacy####a reason", prompt_tokens=1, completion_tokens=1)
+
+    async def probe(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         pass
