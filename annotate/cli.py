@@ -18,7 +18,7 @@ from distillery.config import parse_sets
 from distillery.errors import ConfigError, DistilleryError
 from distillery.jsonl import read_jsonl, write_jsonl
 from distillery.ledger import JobStopped
-from distillery.options import teacher_options, workspace_option
+from distillery.options import CommandGroup, teacher_options, workspace_option
 from distillery.records import LineageRecord
 from distillery.store import Store
 from distillery.tasks import Task, TaskFileError, builtin_names, load_task
@@ -35,7 +35,7 @@ def _store(ctx: click.Context) -> Store:
     return Store.open(ctx.obj["workspace"])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @workspace_option
 @click.pass_context
 def main(ctx: click.Context, workspace: Path) -> None:

@@ -7,14 +7,12 @@ from __future__ import annotations
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
 
 from .config import parse_sets
-from .errors import DistilleryError
-from .options import sets_option, workspace_option
+from .options import CommandGroup, sets_option, workspace_option
 from .pipeline import run_project
 from .stages import StageMissing, load_stage, stage_names
 
@@ -22,7 +20,7 @@ PROJECT_FILE = "distill.yaml"
 console = Console(soft_wrap=True)
 
 
-class DistillGroup(click.Group):
+class DistillGroup(CommandGroup):
     """The built-in commands, then each installed stage's command line, loaded when it is used."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -43,12 +41,6 @@ class DistillGroup(click.Group):
         rows += [(name, cmd.get_short_help_str(80)) for name, cmd in self.commands.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except DistilleryError as exc:  # a library error that reached the top: one line, no traceback
-            raise click.ClickException(str(exc)) from exc
 
 
 @click.group(cls=DistillGroup, context_settings={"help_option_names": ["-h", "--help"]})

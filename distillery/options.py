@@ -9,9 +9,21 @@ from typing import Any, TypeVar
 
 import click
 
+from .errors import DistilleryError
 from .workspace import WORKSPACE_ENV, default_workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandGroup(click.Group):
+    """A command group whose library errors reach the user as one line (`Error: ...`, exit 1),
+    never as a traceback: every stage's command line and `distill` itself use it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DistilleryError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 def teacher_options(prefix: str = "") -> Callable[[F], F]:

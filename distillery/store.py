@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,6 +152,18 @@ def _columns(obj: BaseModel) -> dict[str, Any]:
     return data
 
 
+def _refuse_an_empty_leftover(path: Path) -> None:
+    """SQLite would take a 0-byte file for a new database and fill it in: a truncated store would
+    silently become an empty workspace. A 0-byte file only counts as new while it is being created."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    if info.st_size == 0 and time.time() - info.st_mtime > 10:
+        raise StoreError(f"{path} is empty (0 bytes): not a workspace store (a copy or a disk that failed part-way?). "
+                         "Restore it from a backup, or delete it to start a new workspace here")
+
+
 def _statements(script: str) -> list[str]:
     """A migration script's statements one by one (executescript would commit on its own)."""
     statements, current = [], ""
@@ -173,14 +186,24 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _refuse_an_empty_leftover(self.path)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode loses nothing on a process crash (kill -9), only on power loss.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
         try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode loses nothing on a process crash (kill -9), only on power loss.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except StoreError:
+            self.db.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise StoreError(f"{self.path} is not a distillery store, or it is damaged ({exc}). Nothing was changed. "
+                             f"Restore it from a backup; `sqlite3 {self.path} .recover` may save what is left; or move "
+                             "it away to start a new workspace here") from exc
         except BaseException:
             self.db.close()
             raise
@@ -199,6 +222,10 @@ class Store:
                     for statement in _statements(MIGRATIONS[target - 1]):
                         self.db.execute(statement)
                     self.db.execute(f"PRAGMA user_version = {target}")
+            except sqlite3.DatabaseError as exc:
+                self.db.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: upgrading the store to schema version {target} failed ({exc}); it is "
+                                 f"left as it was, at version {target - 1}") from exc
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise

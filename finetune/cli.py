@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from distillery.options import workspace_option
+from distillery.options import CommandGroup, workspace_option
 from distillery.workspace import Workspace
 
 from .check import CheckReport
@@ -35,7 +35,7 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @workspace_option
 @click.pass_context
 def main(ctx: click.Context, workspace: Path) -> None:

@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from distillery.errors import ConfigError
-from distillery.options import teacher_options, workspace_option
+from distillery.options import CommandGroup, teacher_options, workspace_option
 from distillery.records import Sample
 from distillery.store import Store
 from distillery.teacher_config import load_job_config
@@ -117,7 +117,7 @@ sample_option = click.option("-s", "--sample", "sample_name", help="Sample name 
 task_option = click.option("-t", "--task", "tasks", multiple=True, help="Only this task (repeatable) [default: all].")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @workspace_option
 @click.pass_context
 def main(ctx: click.Context, workspace: Path) -> None:

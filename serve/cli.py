@@ -14,6 +14,8 @@ import click
 import yaml
 from rich.console import Console
 
+from distillery.options import CommandGroup
+
 from .config import CONFIG_ENV, ENV_PREFIX, ConfigError, ServeConfig, load_config
 
 console = Console(stderr=True, soft_wrap=True)
@@ -69,7 +71,7 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Serve a distilled model: POST /algorithm/ChatRest (the apps' envelope, early exit at
     '####') and an OpenAI-compatible POST /v1/chat/completions, with health checks and metrics.

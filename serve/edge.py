@@ -61,6 +61,15 @@ def read_json_object(request: Request, example: str) -> dict[str, Any]:
         raise ApiError(400, "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "the request body nests arrays or objects too deeply to be a request") from None
+    try:
+        # Valid JSON may escape half of a UTF-16 pair (clients that slice strings do): no text
+        # holds such a thing, and the tokenizer cannot encode it.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body holds a lone surrogate escape (like \\ud800), half of a character: "
+                            "send whole characters") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object like {example}, not {json_type(data)}")
     return data

@@ -196,6 +196,8 @@ JSON = {"Content-Type": "application/json"}
         ("POST", CHAT, {"content": b"", "headers": JSON}, 400, "the request body is empty"),
         ("POST", CHAT, {"content": b'{"prompt": "\xff"}', "headers": JSON}, 400, "not UTF-8"),
         ("POST", CHAT, {"json": ["hi"]}, 400, "must be a JSON object"),
+        ("POST", CHAT, {"content": b"[" * 2000 + b"]" * 2000, "headers": JSON}, 400, "nests arrays or objects too deeply"),
+        ("POST", CHAT, {"content": b'{"prompt": "\\ud800 hi"}', "headers": JSON}, 400, "lone surrogate"),
         ("POST", CHAT, {"json": {"history": []}}, 400, "'prompt' is required"),
         ("POST", CHAT, {"json": {"prompt": 42}}, 400, "'prompt' must be a string, not number"),
         ("POST", CHAT, {"json": {"prompt": None}}, 400, "'prompt' must be a string, not null"),
@@ -234,10 +236,14 @@ def test_bad_requests_get_a_clear_error_in_the_envelope(
         ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "only n=1"),
         ({"messages": [{"role": "user", "content": "hi"}], "stop": ["", "x"]}, "'stop': must be a non-empty string"),
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}, f"at most {MAX_NEW} new tokens"),
+        (b'{"messages": [{"role": "user", "content": "\\udc00"}]}', "lone surrogate"),
+        (b"{" * 3000, "not valid JSON"),
+        (b"[" * 1500 + b"]" * 1500, "too deeply"),
     ],
 )
-def test_openai_bad_requests_get_openai_errors(api: Served, body: dict[str, Any], message: str) -> None:
-    response = api.client.post(OPENAI, json=body)
+def test_openai_bad_requests_get_openai_errors(api: Served, body: dict[str, Any] | bytes, message: str) -> None:
+    response = (api.client.post(OPENAI, content=body, headers=JSON) if isinstance(body, bytes)
+                else api.client.post(OPENAI, json=body))
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and message in error["message"], error

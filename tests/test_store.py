@@ -101,6 +101,7 @@ def test_a_store_from_a_newer_release_is_refused_untouched(tmp_path):
 
 def test_a_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):
     from distillery import store as store_module
+    from distillery.errors import DistilleryError
 
     Store.open(tmp_path).close()
     broken = (*store_module.MIGRATIONS, "CREATE TABLE extra (x INTEGER);\nINSERT INTO nowhere VALUES (1);\n")
@@ -108,8 +109,8 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
     try:
         Store.open(tmp_path)
-    except sqlite3.OperationalError:
-        pass
+    except DistilleryError as exc:
+        assert "upgrading the store to schema version 3 failed" in str(exc) and "at version 2" in str(exc)
     else:
         raise AssertionError("the broken migration did not fail")
     monkeypatch.undo()
@@ -117,3 +118,32 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):
     assert store.version() == len(store_module.MIGRATIONS)
     tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "extra" not in tables  # the half-done step was rolled back
+
+
+def test_a_damaged_or_emptied_store_is_refused_in_one_line_and_left_alone(tmp_path):
+    import os
+    import time
+
+    from click.testing import CliRunner
+
+    from annotate.cli import main as annotate_cli
+    from distillery.errors import DistilleryError
+    from qc.cli import main as qc_cli
+
+    db = tmp_path / "distillery.db"
+    db.write_bytes(b"this is not a database" * 100)
+    for cli, args in ((annotate_cli, ["status"]), (qc_cli, ["report"])):
+        result = CliRunner().invoke(cli, ["-w", str(tmp_path), *args])
+        assert result.exit_code == 1 and "is not a distillery store, or it is damaged" in result.output
+        assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert db.read_bytes() == b"this is not a database" * 100
+    db.write_bytes(b"")
+    old = time.time() - 60
+    os.utime(db, (old, old))
+    try:
+        Store.open(tmp_path)
+    except DistilleryError as exc:
+        assert "empty (0 bytes)" in str(exc)
+    else:
+        raise AssertionError("a 0-byte store became a new workspace")
+    assert db.stat().st_size == 0
