@@ -78,9 +78,11 @@ class StepResult(BaseModel):
     targets: list[Target] = Field(default_factory=list)
     outputs: dict[str, Path] = Field(default_factory=dict)  # what it left, where
     paused: str | None = None  # the run stops here, cleanly; says what a person has to do first
+    notices: list[str] = Field(default_factory=list)  # what a reader must know first (the report's first line)
 
 
 class RunReport(BaseModel):
+    notices: list[str] = Field(default_factory=list)
     workspace: str
     config: str
     generated_at: str
@@ -175,6 +177,7 @@ def run_project(path: Path, workspace: Path, *, overrides: dict[str, Any] | None
             return None
     ctx.console.print(Rule(f"[bold]{len(steps) + 1}/{len(steps) + 1} report"))
     report = RunReport(
+        notices=[n for r in results.values() for n in r.notices],
         workspace=str(ctx.workspace.root), config=str(path.resolve()),
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         stages={name: r.figures for name, r in results.items()},
@@ -187,8 +190,9 @@ def run_project(path: Path, workspace: Path, *, overrides: dict[str, Any] | None
 
 
 def render_markdown(report: RunReport, results: dict[str, StepResult]) -> str:
+    title = "# Distillation report" + "".join(f" ({notice})" for notice in report.notices)
     rows = [
-        "# Distillation report", "",
+        title, "",
         f"Workspace `{report.workspace}`, config `{report.config}`, written {report.generated_at}.", "",
         "## Targets", "", "| target | wanted | got | met |", "| --- | --- | --- | --- |",
         *[f"| {t.name} | {t.wanted} | {t.got} | {'yes' if t.met else 'NO'} |" for t in report.targets], "",
@@ -214,6 +218,8 @@ def targets_table(targets: list[Target]) -> Table:
 
 
 def print_summary(report: RunReport, results: dict[str, StepResult], ctx: RunContext) -> None:
+    for notice in report.notices:
+        ctx.console.print(f"[bold yellow]{notice}[/]")
     ctx.console.print(targets_table(report.targets))
     for result in results.values():
         for line in result.summary:

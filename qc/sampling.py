@@ -12,6 +12,7 @@ same chance of being drawn and the plain acceptance rate stays an unbiased estim
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Literal
 
@@ -22,7 +23,7 @@ from distillery.store import Store
 
 from .iso2859 import IsoPlan, PlanError, iso_plan
 from .lot import Contexts, LotError, answered
-from .stats import acceptance_probability, wilson_half_width, wilson_sample_size
+from .stats import acceptance_probability, wilson, wilson_half_width, wilson_sample_size
 
 DEFAULT_AQL = 2.5
 Strata = Literal["random", "label", "document", "task"]
@@ -64,13 +65,15 @@ class Plan(BaseModel):
     confidence: float
     iso: IsoPlan | None = None
     margin: float | None = None  # estimate: the half-width the size was chosen for (None: size picked)
+    unlimited_n: int | None = None  # estimate by margin: the size before the finite-population correction
     expected: float | None = None
     target: float | None = None
 
     @property
     def one_line(self) -> str:
         if self.iso:
-            return (f"ISO 2859-1 level {self.iso.level} code {self.iso.plan_letter}, AQL {self.iso.aql:g}%: "
+            letter = self.iso.code_letter + (f" (plan {self.iso.plan_letter})" if self.iso.plan_letter != self.iso.code_letter else "")
+            return (f"ISO 2859-1 level {self.iso.level} code {letter}, AQL {self.iso.aql:g}%: "
                     f"review {self.n}, pass at <= {self.iso.accept} bad, fail at {self.iso.reject}")
         return f"estimate: review {self.n}, pass if the {self.confidence:.0%} interval is >= {self.target:.0%}"
 
@@ -84,9 +87,29 @@ def make_plan(spec: SampleSpec, lot_size: int) -> Plan:
         except PlanError as exc:
             raise LotError(str(exc)) from exc
         return Plan(kind="iso", lot_size=lot_size, n=iso.sample_size, census=iso.census, confidence=spec.confidence, iso=iso)
-    wanted = spec.size if spec.size is not None else wilson_sample_size(spec.margin or 0.05, spec.confidence, spec.expected)
+    if spec.size is not None:
+        wanted, unlimited = spec.size, None
+    else:
+        # Sized for an infinite population, then corrected for this lot: drawing without
+        # replacement from a small lot pins its rate down with fewer records.
+        unlimited = wilson_sample_size(spec.margin or 0.05, spec.confidence, spec.expected)
+        wanted = finite_population_size(unlimited, lot_size)
     return Plan(kind="estimate", lot_size=lot_size, n=min(wanted, lot_size), census=wanted >= lot_size,
-                confidence=spec.confidence, margin=spec.margin, expected=spec.expected, target=spec.target)
+                confidence=spec.confidence, margin=spec.margin, expected=spec.expected, target=spec.target,
+                unlimited_n=unlimited)
+
+
+def finite_population_size(n: int, lot_size: int) -> int:
+    """The sample size `n` (sized for an unlimited population) corrected for a lot of `lot_size`."""
+    return math.ceil(n / (1 + (n - 1) / lot_size))
+
+
+def smallest_passing_size(target: float, confidence: float) -> int:
+    """The fewest records whose Wilson interval clears `target` when every one is accepted."""
+    n = 1
+    while wilson(n, n, confidence).low < target:
+        n += 1
+    return n
 
 
 def _rate_accepted_with(n: int, accept: int, chance: float) -> float:
@@ -108,13 +131,15 @@ def describe(plan: Plan) -> list[str]:
         lines.append(f"The lot is small ({plan.lot_size} records): review every one of them.")
     if plan.iso:
         iso = plan.iso
-        how = (f"Plan: ISO 2859-1, general inspection level {iso.level}, normal inspection, single sampling. "
+        kind = "special" if iso.level.startswith("S") else "general"
+        how = (f"Plan: ISO 2859-1, {kind} inspection level {iso.level}, normal inspection, single sampling. "
                f"A lot of {plan.lot_size} records has code letter {iso.code_letter}")
         if iso.plan_letter != iso.code_letter:
             how += f"; for AQL {iso.aql:g}% the table's arrow points to the plan of letter {iso.plan_letter}"
         lines.append(how + f": review {plan.n} records drawn at random.")
         lines.append(f"A record is bad if a reviewer rejects it or has to fix it. The lot passes if at most "
-                     f"{iso.accept} of the {plan.n} are bad, and fails as soon as {iso.reject} are.")
+                     f"{iso.accept} of the {plan.n} are bad, and fails as soon as {iso.reject} "
+                     f"{'is' if iso.reject == 1 else 'are'}.")
         good = acceptance_probability(plan.n, iso.accept, iso.aql / 100)
         limit = _rate_accepted_with(plan.n, iso.accept, 0.10)
         lines.append(f"What that means: a lot with {iso.aql:g}% bad records (the AQL) passes {good:.0%} of the time; "
@@ -126,8 +151,20 @@ def describe(plan: Plan) -> list[str]:
                else f"the size you chose; it pins the share of good records to about +/-{width:.1%}")
         lines.append(f"Plan: estimate the acceptance rate. Review {plan.n} records drawn at random: {why} at "
                      f"{plan.confidence:.0%} confidence (Wilson interval), if it is near {plan.expected:.0%}.")
-        lines.append(f"The lot passes when the whole {plan.confidence:.0%} interval is at or above the target "
-                     f"{plan.target:.0%}, fails when the whole interval is below it, and is inconclusive otherwise.")
+        if plan.unlimited_n is not None and plan.unlimited_n > plan.n and not plan.census:
+            lines.append(f"Sized for this lot of {plan.lot_size} (finite-population correction): {plan.n} records "
+                         f"instead of the {plan.unlimited_n} an unlimited lot would need.")
+        if plan.census:
+            lines.append(f"Every record is reviewed, so the acceptance rate is known exactly: the lot passes when it is "
+                         f"at or above the target {plan.target:.0%}.")
+        else:
+            lines.append(f"The lot passes when the whole {plan.confidence:.0%} interval is at or above the target "
+                         f"{plan.target:.0%}, fails when the whole interval is below it, and is inconclusive otherwise.")
+            if wilson(plan.n, plan.n, plan.confidence).low < plan.target:
+                need = smallest_passing_size(plan.target, plan.confidence)
+                lines.append(f"Warning: {plan.n} records cannot pass even if every one is accepted (the interval of "
+                             f"{plan.n} of {plan.n} starts at {wilson(plan.n, plan.n, plan.confidence).low:.1%}); "
+                             f"a pass needs at least {need} records: sample with --size {need} or more, or --margin.")
     return lines
 
 

@@ -106,7 +106,9 @@ class Agreement(BaseModel):
         k = self.kappa
         if k is None:
             return "undefined (both gave a single category)"
-        for limit, name in ((0.0, "poor"), (0.2, "slight"), (0.4, "fair"), (0.6, "moderate"), (0.8, "substantial")):
+        if k < 0:
+            return "poor"  # worse than chance
+        for limit, name in ((0.2, "slight"), (0.4, "fair"), (0.6, "moderate"), (0.8, "substantial")):
             if k <= limit:
                 return name
         return "almost perfect"

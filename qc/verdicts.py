@@ -99,6 +99,13 @@ def decide(plan: Plan, sample_outcomes: list[Outcome]) -> Decision:
         if reviewed < n:
             status = "pending"
             headline = f"Not decided yet: {reviewed} of {n} sampled records reviewed; review the remaining {n - reviewed}"
+        elif plan.census:
+            # Every record of the lot was reviewed: its rate is known exactly, not estimated.
+            met = rate.estimate is not None and rate.estimate >= target
+            status = "accept" if met else "reject"
+            headline = (f"{'Train on' if met else 'Do not train on'} this lot: every one of its {plan.lot_size} records "
+                        f"was reviewed and {rate.estimate:.1%} were accepted, {'at or above' if met else 'below'} the "
+                        f"target {target:.0%}")
         elif rate.low >= target:
             status = "accept"
             headline = (f"Train on this lot: {rate.estimate:.1%} accepted, and the {plan.confidence:.0%} interval "

@@ -85,6 +85,8 @@ def test_every_stage_leaves_its_output(finished: tuple[Path, Path, RunReport]) -
                                                "early-exit speedup"]
     assert RunReport.model_validate_json(Workspace(ws).report_json.read_text(encoding="utf-8")) == report
     markdown = Workspace(ws).report_md.read_text(encoding="utf-8")
+    # Its first line says the verdicts came from a script, not a person.
+    assert markdown.splitlines()[0].startswith("# Distillation report (the QC verdicts were given by a script")
     for heading in ("## Targets", "## Teacher", "## Quality control", "## Student before and after tuning", "## Early exit"):
         assert heading in markdown
     # The effective job config the step wrote is what `distill annotate run -c` would read.

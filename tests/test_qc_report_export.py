@@ -64,6 +64,16 @@ def test_estimate_decisions_compare_the_interval_with_the_target():
     assert unsure.status == "inconclusive" and "contains the target" in unsure.headline
 
 
+def test_a_census_decides_on_the_exact_rate() -> None:
+    census = make_plan(SampleSpec(tasks=["t"], size=20, target=0.9), 20)  # the whole lot is reviewed
+    assert census.census
+    # 90% of 20: an estimate's interval [69.9%, 97.2%] would hold the target; a census knows the rate.
+    ok = decide(census, _outcomes("a" * 18 + "rr"))
+    assert ok.status == "accept" and "every one of its 20 records was reviewed and 90.0% were accepted" in ok.headline
+    bad = decide(census, _outcomes("a" * 17 + "rrr"))
+    assert bad.status == "reject" and "below the target 90%" in bad.headline
+
+
 def _reviewed_workspace(tmp_path, verdicts: str, *, aql: float = 2.5, n: int = 120):
     ws = workspace(tmp_path, n)
     store = Store.open(ws)

@@ -6,6 +6,7 @@ from qc import iso2859
 from qc.iso2859 import PlanError, code_letter, iso_plan, master_plan
 from qc.sampling import SampleSpec, allocate, describe, draw, make_plan
 from qc.stats import (
+    Agreement,
     acceptance_probability,
     agreement,
     wilson,
@@ -103,9 +104,14 @@ def test_plan_in_plain_words():
     assert "code letter J" in text and "review 80 records" in text and "at most 2 of the 80" in text
     assert "fails as soon as 3" in text and "passes 95% of the time" in text
     plan = make_plan(SampleSpec(tasks=["t"], margin=0.05, expected=0.5), 1000)
-    assert plan.n == 381 and "+/-5.0%" in " ".join(describe(plan))
+    # 381 for an unlimited lot; drawing 277 of these 1000 without replacement pins the rate as well.
+    assert (plan.n, plan.unlimited_n) == (277, 381) and "+/-5.0%" in " ".join(describe(plan))
+    assert "finite-population correction): 277 records instead of the 381" in " ".join(describe(plan))
     plan = make_plan(SampleSpec(tasks=["t"], margin=0.05, expected=0.5), 200)
-    assert plan.census and plan.n == 200 and "review every one" in describe(plan)[0]
+    assert not plan.census and plan.n == 132
+    plan = make_plan(SampleSpec(tasks=["t"], size=50), 40)
+    assert plan.census and plan.n == 40 and "review every one" in describe(plan)[0]
+    assert "known exactly" in " ".join(describe(plan))
     with pytest.raises(ValueError, match="not aql and margin"):
         SampleSpec(tasks=["t"], aql=1.0, margin=0.05)
     assert SampleSpec(tasks=["t"]).aql == 2.5
@@ -118,6 +124,9 @@ def test_cohens_kappa_known_values():
     ag = agreement(a, b)
     assert ag.n == 50 and ag.percent == pytest.approx(0.7) and ag.kappa == pytest.approx(0.4)
     assert ag.words == "fair"
+    # Landis & Koch: below 0 poor, 0-0.20 slight (0 is chance-level agreement, not "poor").
+    assert [Agreement(n=1, percent=0.5, kappa=k).words for k in (-0.1, 0.0, 0.2, 0.21, 0.81)] == [
+        "poor", "slight", "slight", "fair", "almost perfect"]
     assert agreement(["a", "b", "a"], ["a", "b", "a"]).kappa == pytest.approx(1.0)
     assert agreement(["a", "a"], ["a", "a"]).kappa is None  # chance agreement is total
     assert agreement([], []).percent is None
@@ -134,3 +143,23 @@ def test_proportional_allocation_and_reproducible_draws():
     assert draw(units, 40, seed=4) != first
     assert len({u for u, _ in first}) == 40
     assert sum(s == "irr" for _, s in first) == 10  # a quarter of the lot, a quarter of the sample
+
+
+def test_the_issue_examples_small_lots_and_plans_that_cannot_pass():
+    # A 40-record lot at +/-10%: 37 records unlimited, 20 with the finite-population correction.
+    plan = make_plan(SampleSpec(tasks=["t"], margin=0.1), 40)
+    assert (plan.n, plan.unlimited_n) == (20, 37)
+    # Ten records can never show a 90% target is met: 10 of 10 has a Wilson interval from 72%.
+    words = " ".join(describe(make_plan(SampleSpec(tasks=["t"], size=10, target=0.9), 1000)))
+    assert "cannot pass even if every one is accepted" in words and "--size 35" in words
+    assert "cannot pass" not in " ".join(describe(make_plan(SampleSpec(tasks=["t"], size=35, target=0.9), 1000)))
+
+
+def test_iso_plan_wording_names_the_code_letter_and_the_kind_of_level():
+    plan = make_plan(SampleSpec(tasks=["t"], aql=2.5), 40)  # 40 records: code letter D; at AQL 2.5 the arrow points to C
+    assert plan.iso.code_letter == "D" and plan.iso.plan_letter == "C"
+    assert "code D (plan C)" in plan.one_line
+    words = " ".join(describe(plan))
+    assert "general inspection level II" in words and "fails as soon as 1 is." in words
+    special = " ".join(describe(make_plan(SampleSpec(tasks=["t"], aql=1.0, level="S-3"), 1000)))
+    assert "special inspection level S-3" in special

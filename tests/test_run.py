@@ -123,9 +123,11 @@ def test_markdown_report_shows_every_target_and_each_stage_section() -> None:
     results = {"finetune": StepResult(markdown=student_markdown(TrainingFigures(run="r", wall_s=30, train_runtime_s=20,
                                                                                 steps=2, train_loss=1.5), fid)),
                "serve": StepResult(markdown=["## Early exit", "", "**4.2x** faster"])}
-    report = RunReport(workspace="ws", config="c.yaml", generated_at="now", stages={}, targets=targets,
+    report = RunReport(notices=["verdicts by a script"], workspace="ws", config="c.yaml", generated_at="now", stages={},
+                       targets=targets,
                        outputs={"approved records": "ws/exports/approved.jsonl"})
     text = render_markdown(report, results)
+    assert text.splitlines()[0] == "# Distillation report (verdicts by a script)"
     assert text.count("| yes |") == 3 and "| NO |" not in text
     assert "| base | 0.0% | 10.0% [1.8%, 40.4%] |" in text and "| tuned | 100.0% | 90.0% [59.6%, 98.2%] |" in text
     assert "**4.2x**" in text and "- approved records: `ws/exports/approved.jsonl`" in text
