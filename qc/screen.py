@@ -22,7 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
-from distillery.records import SEPARATOR
+from distillery.records import SEPARATOR, Review
 
 from .lot import Context
 from .review import REASONS, ReviewError, ReviewSession, validate_fix
@@ -42,6 +42,7 @@ class Terminal:
     def __init__(self, stream: TextIO = sys.stdin) -> None:
         self.fd = stream.fileno()
         self._saved = termios.tcgetattr(self.fd)
+        self._pending: list[str] = []  # keys read but not handed out yet: typing ahead loses nothing
 
     def __enter__(self) -> Self:
         tty.setcbreak(self.fd)
@@ -51,11 +52,13 @@ class Terminal:
         termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
 
     def key(self) -> str:
-        data = os.read(self.fd, 32)
-        if not data:
-            raise EOFError  # the terminal went away
-        text = data.decode("utf-8", "ignore")
-        return _ARROWS.get(text, text[:1])
+        """The next key pressed: every keystroke counts, also several read at once ("aaaa", "r1")."""
+        while not self._pending:
+            data = os.read(self.fd, 64)
+            if not data:
+                raise EOFError  # the terminal went away
+            self._pending = split_keys(data.decode("utf-8", "ignore"))
+        return self._pending.pop(0)
 
     @contextmanager
     def lines(self) -> Iterator[None]:
@@ -82,6 +85,16 @@ class Terminal:
             finally:
                 if readline is not None:
                     readline.set_startup_hook()
+
+
+def split_keys(text: str) -> list[str]:
+    """Keys in what the terminal delivered: an arrow's escape sequence is one key, any other character one key."""
+    keys, i = [], 0
+    while i < len(text):
+        arrow = next((seq for seq in _ARROWS if text.startswith(seq, i)), None)
+        keys.append(_ARROWS[arrow] if arrow else text[i])
+        i += len(arrow) if arrow else 1
+    return keys
 
 
 def source_window(text: str, spans: list[tuple[int, int]], size: int) -> tuple[int, int]:
@@ -140,11 +153,18 @@ class ReviewScreen:
         title = f"source · {ctx.where} · chars {chunk.char_start}-{chunk.char_end}"
         return Panel(body, title=title, title_align="left", border_style="blue")
 
-    def _answer(self, ctx: Context) -> Panel:
+    def _answer(self, ctx: Context, mine: Review | None) -> Panel:
+        """The teacher's answer; after a fix, the reviewer's corrected one, with the teacher's below."""
         ann = ctx.annotation
         body = Text()
         if ann.input:
             body.append("question:   ", style="bold").append(ann.input + "\n")
+        if mine is not None and mine.verdict == "fix":
+            body.append("conclusion: ", style="bold").append(mine.conclusion or "", style="bold magenta").append("\n")
+            body.append("reasoning:  ", style="bold").append((mine.reasoning or "") + "\n")
+            body.append(f"(the teacher wrote: {ann.conclusion or ''}{SEPARATOR}{ann.reasoning or ''})", style="dim")
+            return Panel(body, title=f"answer · your fix of teacher {ann.model}'s", title_align="left",
+                         border_style="magenta")
         body.append("conclusion: ", style="bold").append(ann.conclusion or "", style="bold green").append("\n")
         body.append("reasoning:  ", style="bold").append(ann.reasoning or "")
         return Panel(body, title=f"answer · teacher {ann.model}", title_align="left", border_style="green")
@@ -172,7 +192,7 @@ class ReviewScreen:
             if labels:
                 task_line.append(f" · labels {' | '.join(labels)}")
             task_line.append(f"\nstudent instruction: {ctx.instruction}", style="dim")
-            parts += [task_line, self._source(ctx), self._answer(ctx), self._notes(ctx)]
+            parts += [task_line, self._source(ctx), self._answer(ctx, self.session.verdict(index)), self._notes(ctx)]
         if message:
             parts.append(Text(message, style="bold yellow"))
         parts.append(Text(KEYS, style="reverse"))
@@ -189,6 +209,7 @@ class ReviewScreen:
         while True:
             key = self.terminal.key()
             if key in _REASON_KEYS:
+                self.console.print(Text(f"reason: {REASONS[_REASON_KEYS[key]]}", style="bold magenta"))
                 return _REASON_KEYS[key]
             if key in ("\n", "\r", "\x1b") and not required:
                 return ""
@@ -210,6 +231,7 @@ class ReviewScreen:
             if key == "\x1b":
                 return None
             if key.isdigit() and 1 <= int(key) <= len(labels):
+                self.console.print(Text(f"conclusion: {labels[int(key) - 1]}", style="bold magenta"))
                 return labels[int(key) - 1]
 
     def _edit(self, ctx: Context) -> tuple[str, str] | None:
@@ -273,7 +295,7 @@ class ReviewScreen:
         # The correction is typed: from here on nothing cancels it (Esc just gives no reason).
         reason = self._pick_reason(required=False) or None
         self.session.give(index, "fix", reason=reason, conclusion=conclusion, reasoning=reasoning)
-        return True, "saved: fix"
+        return True, f"saved: fix, conclusion '{conclusion}'" + (f" ({REASONS[reason]})" if reason else "")
 
     def _help(self) -> None:
         self.console.clear()

@@ -85,6 +85,7 @@ def test_review_keys_accept_reject_fix_skip_back_help_quit(ws):
     child.send("b")
     screen(child, 3)
     assert "your verdict: fix" in child.before
+    assert "改正：文本只说明了通知时间和地点。" in child.before and "your fix of teacher" in child.before  # the fix, not the teacher's
     child.send("b")
     screen(child, 2)
     child.send("a")  # a changed mind: record 2 now accepted; on to the first open record
@@ -190,3 +191,20 @@ def test_review_without_a_terminal_points_to_the_spreadsheet(ws):
     assert result.exit_code == 1 and "sheet export" in result.output
     result = CliRunner().invoke(main, ["-w", str(ws), "review", "--sample", "nope"])
     assert result.exit_code == 1
+
+
+def test_keys_typed_ahead_each_count(ws):
+    """A fast reviewer types before the screen redraws: "aaa" is three verdicts, "r1" a reject with its reason."""
+    child = spawn(ws, "-r", "alice")
+    screen(child, 1)
+    child.send("aaar1")  # one write: the terminal delivers all five keys at once
+    child.expect("reason: ")  # the picked reason is echoed
+    child.expect("note \\(Enter for none\\): ")
+    child.sendline("")
+    screen(child, 5)
+    child.send("q")
+    child.expect(pexpect.EOF)
+    items, log = my_reviews(ws)
+    assert [(r.annotation_id, r.verdict) for r in log] == [
+        (items[0], "accept"), (items[1], "accept"), (items[2], "accept"), (items[3], "reject")]
+    assert log[3].reason == "wrong_conclusion"  # key 1, typed ahead with the r
