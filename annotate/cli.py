@@ -236,11 +236,16 @@ def _print_summary(store: Store, task_name: str, stats: runner.JobStats | None) 
                          ("answers reused (not paid again)", stats.calls_reused),
                          ("left to another run that had them out", stats.calls_held),
                          ("cancelled before they were sent", stats.calls_cancelled), ("HTTP retries", stats.retries),
+                         ("  sent again after a timeout (may be charged twice)", stats.resent_after_timeout),
                          ("re-asks for broken format", stats.reasks),
                          ("tokens", f"{stats.prompt_tokens:,} in / {stats.completion_tokens:,} out"),
                          ("cost", f"{stats.cost:.4f} {stats.currency}"), ("elapsed", f"{stats.elapsed_s:.1f} s")):
         run.add_row(label, str(value))
     Console().print(run)
+    if stats.resent_after_timeout:
+        console.print(f"[yellow]{stats.resent_after_timeout} requests got no answer in time and were sent again; a "
+                      "provider may charge each. If it keeps happening: raise --timeout, keep --stream on, or lower "
+                      "--concurrency for a teacher that answers one request at a time.[/yellow]")
     for err in stats.errors:
         console.print(escape(err), style="yellow")  # errors end in "[chunk … (path #n)]": not markup
 

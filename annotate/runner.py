@@ -34,6 +34,7 @@ class JobStats(LedgerStats):
     done: int = 0
     by_status: dict[str, int] = Field(default_factory=dict)
     retries: int = 0  # HTTP attempts retried inside the client (429, 5xx, resets...)
+    resent_after_timeout: int = 0  # of those, sent again because no answer came in time: each may be charged
     reasks: int = 0  # answers that broke the contract and were asked again
     elapsed_s: float = 0.0
     stopped: str | None = None  # why the run ended early, if it did
@@ -283,6 +284,7 @@ class Job:
 
     def on_retry(self, error: TeacherError) -> None:
         self.stats.retries += 1
+        self.stats.resent_after_timeout += error.kind == "timeout"
 
 
 async def run_job(

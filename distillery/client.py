@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 
 from .accounting import estimate_prompt_tokens
+from .accounting import estimate_tokens as _estimate_text
+from .completions import chat_completion
 from .ratelimit import Limits, RateLimiter
 from .teacher import ChatRequest, ChatResult, Gate, TeacherError
 
@@ -117,6 +119,68 @@ def classify(status: int, body: bytes, headers: Mapping[str, str]) -> TeacherErr
     return TeacherError("bad_request", summary, status=status)
 
 
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
+        snippet = response.content[:120].decode("utf-8", "replace")
+        raise TeacherError("malformed", f"2xx body is not JSON: {snippet!r}", status=response.status_code) from exc
+    if not isinstance(data, dict):
+        raise TeacherError("malformed", "2xx body is not a JSON object", status=response.status_code)
+    return data
+
+
+async def _assemble(response: httpx.Response, body: dict[str, Any]) -> dict[str, Any]:
+    """The pieces of a server-sent-events answer, joined into one chat.completion. Usage comes
+    in the last chunk (OpenAI) or inside its choice (Moonshot); a server that reports none gets
+    an estimate, marked `usage_estimated`."""
+    parts: list[str] = []
+    first: dict[str, Any] = {}
+    finish: str | None = None
+    usage: dict[str, Any] | None = None
+    done = False
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue  # comments, keep-alives, event names
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            done = True
+            break
+        try:
+            chunk = json.loads(payload)
+        except ValueError as exc:
+            raise TeacherError("malformed", f"a streamed piece is not JSON: {payload[:120]!r}", status=200) from exc
+        if not isinstance(chunk, dict):
+            continue
+        if "error" in chunk:  # some servers report a failure mid-stream
+            raise classify(500, json.dumps(chunk).encode(), httpx.Headers())
+        first = first or chunk
+        usage = chunk.get("usage") if isinstance(chunk.get("usage"), dict) else usage
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            if isinstance(delta.get("content"), str):
+                parts.append(delta["content"])
+            finish = choice.get("finish_reason") or finish
+            usage = choice.get("usage") if isinstance(choice.get("usage"), dict) else usage
+    if not done and finish is None:
+        raise TeacherError("connection", "the stream ended before the answer did (no finish, no [DONE])")
+    content = "".join(parts)
+    estimated = usage is None
+    if usage is None:
+        prompt = estimate_prompt_tokens(body.get("messages") or [])
+        usage = {"prompt_tokens": prompt, "completion_tokens": _estimate_text(content)}
+    data = chat_completion(id=str(first.get("id") or "stream"), model=str(first.get("model") or body.get("model")),
+                           content=content, finish_reason=finish, created=first.get("created"),
+                           prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                           completion_tokens=int(usage.get("completion_tokens") or 0))
+    data["streamed"] = True
+    if estimated:
+        data["usage_estimated"] = True
+    return data
+
+
 def _check_chat(data: dict[str, Any]) -> None:
     choices = data.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else None
@@ -152,12 +216,18 @@ class OpenAIChatClient:
         backoff_max_s: float = 60,
         on_retry: Callable[[TeacherError], None] | None = None,
         estimate_tokens: Callable[[ChatRequest], int] | None = None,
+        stream: bool = False,
+        deadline_s: float = 1800,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key or None
         self.limits = limits
         self._max_retries = max_retries
+        # Unstreamed: the whole exchange must end within timeout_s. Streamed: timeout_s is the
+        # longest silence between two pieces, and deadline_s bounds the whole answer.
         self._timeout_s = timeout_s
+        self._stream = stream
+        self._deadline_s = deadline_s
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._on_retry = on_retry
@@ -189,8 +259,10 @@ class OpenAIChatClient:
 
     async def complete(self, request: ChatRequest, *, gate: Gate | None = None) -> ChatResult:
         estimated = self._estimate(request)
-        data, latency, attempts = await self._call("POST", "/chat/completions", request.body(), estimated, _check_chat,
-                                                   gate)
+        # Streamed, a slow but live teacher is not cut off. `stream` is how the answer travels,
+        # not what is asked: it stays out of the request's hash (ChatRequest.body()).
+        body = request.body() | ({"stream": True} if self._stream else {})
+        data, latency, attempts = await self._call("POST", "/chat/completions", body, estimated, _check_chat, gate)
         choice = data["choices"][0]
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return ChatResult(
@@ -292,27 +364,49 @@ class OpenAIChatClient:
 
     async def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         """One HTTP exchange; any failure comes out as a TeacherError."""
+        streamed = bool(body and body.get("stream"))
+        limit = self._deadline_s if streamed else self._timeout_s
         try:
             # Besides httpx's per-read timeout, a deadline for the whole exchange: a server that
             # trickles keep-alive bytes (DeepSeek under load) would otherwise never time out.
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(limit):
+                if streamed:
+                    return await self._streamed(path, body)
                 response = await self._request(method, path, body)
         except (httpx.TimeoutException, TimeoutError) as exc:
-            raise TeacherError("timeout", f"no answer within {self._timeout_s:g}s ({type(exc).__name__})") from exc
+            what = (f"no piece of the answer for {self._timeout_s:g}s" if isinstance(exc, httpx.TimeoutException)
+                    else f"no complete answer within {limit:g}s") if streamed else f"no answer within {limit:g}s"
+            raise TeacherError("timeout", f"{what} ({type(exc).__name__})") from exc
         except httpx.DecodingError as exc:
             raise TeacherError("malformed", f"undecodable body: {exc}", status=200) from exc
         except httpx.TransportError as exc:
             raise TeacherError("connection", f"{type(exc).__name__}: {exc or 'connection lost'}") from exc
         if not response.is_success:
             raise classify(response.status_code, response.content, response.headers)
+        return _json_object(response)
+
+    async def _streamed(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A streamed completion read to its end and put back together as a chat.completion.
+        A server that ignores `stream` and answers in one piece is read as such."""
+        index = max(range(len(self._pools)), key=self._free.__getitem__)
+        self._free[index] -= 1
         try:
-            data = response.json()
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
-            snippet = response.content[:120].decode("utf-8", "replace")
-            raise TeacherError("malformed", f"2xx body is not JSON: {snippet!r}", status=response.status_code) from exc
-        if not isinstance(data, dict):
-            raise TeacherError("malformed", "2xx body is not a JSON object", status=response.status_code)
-        return data
+            async with self._pools[index].stream("POST", self.base_url + path, json=body) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise classify(response.status_code, response.content, response.headers)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    await response.aread()
+                    return _json_object(response)
+                return await _assemble(response, body)
+        except httpx.DecodingError as exc:
+            raise TeacherError("malformed", f"undecodable body: {exc}", status=200) from exc
+        except httpx.TransportError as exc:
+            if isinstance(exc, httpx.TimeoutException):
+                raise
+            raise TeacherError("connection", f"{type(exc).__name__}: {exc or 'connection lost'}") from exc
+        finally:
+            self._free[index] += 1
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
         index = max(range(len(self._pools)), key=self._free.__getitem__)  # the least busy pool

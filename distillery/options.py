@@ -37,6 +37,11 @@ def teacher_options(prefix: str = "") -> Callable[[F], F]:
         click.option("--concurrency", type=click.IntRange(min=1), help=f"{prefix}Requests in flight at most."),
         click.option("--rpm", type=click.IntRange(min=1), help=f"{prefix}Requests per minute at most."),
         click.option("--tpm", type=click.IntRange(min=1), help=f"{prefix}Tokens per minute at most."),
+        click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+                     help=f"{prefix}Seconds of silence from the teacher before a request is sent again (streamed: "
+                          "between two pieces of the answer) [default: 120]."),
+        click.option("--stream/--no-stream", default=None,
+                     help=f"{prefix}Stream answers, so a slow but live teacher is not cut off [default: stream]."),
     ]
 
     def apply(fn: F) -> F:

@@ -33,7 +33,11 @@ class TeacherConfig(BaseModel):
     local_model_path: str | None = None  # a HF model dir for the local teacher instead of SmolLM2
     temperature: float = Field(0.3, ge=0, le=2)
     max_tokens: int = Field(1024, ge=1)
+    # Streamed (the default): the longest silence between two pieces of an answer; unstreamed: the
+    # whole exchange. A slow but live teacher keeps a streamed answer going up to deadline_s.
     timeout_s: float = Field(120, gt=0)
+    stream: bool = True
+    deadline_s: float = Field(1800, gt=0)
     tier: str = "tier1"  # Moonshot account tier preset for the limits below
     concurrency: int | None = Field(None, ge=1)
     rpm: int | None = Field(None, ge=1)
@@ -76,7 +80,8 @@ class TeacherConfig(BaseModel):
     def lease_s(self) -> float:
         """The longest one request can take, retries and their backoff (at most 60 s each) included:
         after that, a call another machine left 'sent' is taken to be dead."""
-        return self.timeout_s * (self.max_retries + 1) + 60 * self.max_retries
+        per_attempt = max(self.timeout_s, self.deadline_s) if self.stream else self.timeout_s
+        return per_attempt * (self.max_retries + 1) + 60 * self.max_retries
 
     def limits(self) -> Limits:
         preset = TIERS[self.tier]
@@ -132,5 +137,7 @@ def build_teacher(config: TeacherConfig, on_retry: Callable[[TeacherError], None
         max_retries=config.max_retries,
         backoff_base_s=config.backoff_s,
         timeout_s=config.timeout_s,
+        stream=config.stream,
+        deadline_s=config.deadline_s,
         on_retry=on_retry,
     )

@@ -357,3 +357,56 @@ def test_classify(status: int, body: bytes, kind: str) -> None:
 def test_classify_keeps_the_servers_wait() -> None:
     assert classify(429, _body("rate_limit_reached_error", "x"), {"Retry-After": "4"}).retry_after_s == 4.0
     assert classify(503, b"", {"retry-after": "2"}).retry_after_s == 2.0
+
+
+# -- streamed answers ------------------------------------------------------------------------------
+
+LONG = "相关####" + "文本规定了个人信息处理者的告知义务和保存期限，直接涉及个人信息保护。" * 4
+
+
+def test_a_slow_but_live_teacher_is_not_cut_off_when_streamed() -> None:
+    with FakeMoonshot(latency_s=2.0, responder=lambda messages: LONG) as s:
+        streamed = complete(s, timeout_s=0.5, stream=True, max_retries=0)  # 2 s in all, a piece every ~0.1 s
+        cut = failure(s, timeout_s=0.5, stream=False, max_retries=0)  # the same answer, unstreamed
+        bodies = [r["body"] for r in s.requests]
+    assert streamed.content == LONG and streamed.finish_reason == "stop" and streamed.raw["streamed"] is True
+    assert cut.kind == "timeout" and "no answer within 0.5s" in cut.message
+    assert bodies[0]["stream"] is True and "stream" not in bodies[1]
+    # The usage Moonshot puts inside the last choice is the usage recorded, not an estimate.
+    assert streamed.prompt_tokens > 0 and streamed.completion_tokens > 0 and "usage_estimated" not in streamed.raw
+
+
+def test_a_streamed_answer_equals_the_unstreamed_one_and_keeps_its_request_hash(server: FakeMoonshot) -> None:
+    streamed, whole = complete(server, stream=True), complete(server, stream=False)
+    assert (streamed.content, streamed.finish_reason, streamed.prompt_tokens, streamed.completion_tokens) == (
+        whole.content, whole.finish_reason, whole.prompt_tokens, whole.completion_tokens)
+    assert "stream" not in request().body()  # how the answer travels is not part of what was asked (the hash)
+
+
+def test_a_stream_cut_off_mid_answer_is_retried(server: FakeMoonshot) -> None:
+    server.inject("truncated")
+    result = complete(server, stream=True, max_retries=2)
+    assert result.attempts == 2 and "####" in result.content
+    server.inject("truncated")
+    err = failure(server, stream=True, max_retries=0)
+    assert err.kind == "connection" and err.retryable  # the server hung up mid-answer
+
+
+def test_a_server_that_ignores_stream_is_read_whole_and_missing_usage_is_estimated(server: FakeMoonshot) -> None:
+    server.inject("malformed")
+    err = failure(server, stream=True, max_retries=0)  # answered in one (broken) JSON piece, not as events
+    assert err.kind == "malformed"
+
+    def no_usage(messages: list[dict[str, Any]]) -> str:
+        return "不相关####与个人信息无关。"
+
+    with FakeMoonshot(responder=no_usage) as s:
+        original = s._stream
+
+        def without_usage(h: Any, record: Any, completion: dict[str, Any], delay: float, *, truncated: bool) -> None:
+            completion["usage"] = None  # a self-hosted server that reports no usage when streaming
+            original(h, record, completion, delay, truncated=truncated)
+
+        s._stream = without_usage  # type: ignore[method-assign]
+        result = complete(s, stream=True)
+    assert result.raw["usage_estimated"] is True and result.prompt_tokens > 0 and result.completion_tokens > 0

@@ -274,3 +274,21 @@ def test_a_teacher_that_goes_down_mid_job_stops_it_and_failed_records_fail_the_r
     # Two records failed; the third request's stopped the job and its record waits, with the rest.
     assert stats.by_status == {"failed": 2}
     assert sum(a.status == "pending" for _, a in store.annotations()) == 10
+
+
+def test_timeouts_are_counted_and_the_summary_says_what_to_change(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from annotate.cli import main
+
+    ingested_store(tmp_path, ZH[:2]).close()
+    monkeypatch.setenv("FAKE_MOONSHOT_KEY", "sk-t")
+    with FakeMoonshot(api_key="sk-t", slow_s=1.5) as server:
+        server.inject("slow")  # the first answer takes 1.5 s: past a 0.5 s limit, unstreamed
+        result = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "run", "--base-url", server.base_url,
+                                           "--api-key-env", "FAKE_MOONSHOT_KEY", "--no-stream", "--timeout", "0.5",
+                                           "--concurrency", "1"])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0, flat
+    assert "sent again after a timeout (may be charged twice) │ 1" in flat
+    assert "raise --timeout, keep --stream on" in flat

@@ -316,7 +316,9 @@ class FakeMoonshot:
             message = f"Invalid request: Your request exceeded model token limit: {self.models[model]}"
             return self._error(h, record, 400, "invalid_request_error", message)
 
-        time.sleep(self.latency_s + (self.slow_s if fault == "slow" else 0.0))
+        delay = self.latency_s + (self.slow_s if fault == "slow" else 0.0)
+        if not body.get("stream"):
+            time.sleep(delay)  # a streamed answer spends it between its pieces instead
         content, finish_reason = self.responder(messages), "stop"
         if fault == "bad-format":
             content = _BAD_FORMAT_TEXT
@@ -328,11 +330,47 @@ class FakeMoonshot:
         completion = chat_completion(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", model=model, content=content,
                                      finish_reason=finish_reason, prompt_tokens=prompt_tokens,
                                      completion_tokens=estimate_tokens(content))
+        if body.get("stream"):
+            return self._stream(h, record, completion, delay, truncated=fault == "truncated")
         if fault == "no-choices":
             del completion["choices"]
         if fault == "truncated":
             return self._truncated(h, record, _canonical(completion))
         return self._json(h, record, 200, completion)
+
+    def _stream(self, h: _Handler, record: dict[str, Any], completion: dict[str, Any], delay: float, *,
+                truncated: bool) -> None:
+        """Server-sent events as Moonshot sends them: a role delta, the content in pieces spread over
+        `delay` (a slow teacher that is alive), then the finish reason with the usage inside the
+        choice, then [DONE]; chunked transfer encoding on the kept-alive connection."""
+        choice, content = completion["choices"][0], completion["choices"][0]["message"]["content"]
+        base = {k: completion[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+        def event(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+            piece = {"index": 0, "delta": delta, "finish_reason": finish} | ({"usage": usage} if usage else {})
+            return b"data: " + _canonical(base | {"choices": [piece]}) + b"\n\n"
+
+        record["status"] = 200
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+
+        def send(data: bytes) -> None:
+            h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            h.wfile.flush()
+
+        pieces = [content[i : i + 8] for i in range(0, len(content), 8)] or [""]
+        send(event({"role": "assistant", "content": ""}))
+        for i, piece in enumerate(pieces):
+            time.sleep(delay / len(pieces))
+            send(event({"content": piece}))
+            if truncated and i >= len(pieces) // 2:
+                h.close_connection = True  # the server dies mid-answer: no finish, no [DONE]
+                return
+        send(event({}, choice["finish_reason"], completion["usage"]))
+        send(b"data: [DONE]\n\n")
+        h.wfile.write(b"0\r\n\r\n")
 
     def _admit(self) -> int | None:
         """Count a chat request against the sliding RPM window; seconds to wait if it is full."""
