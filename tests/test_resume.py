@@ -72,3 +72,25 @@ def test_two_runs_on_one_workspace_at_once_pay_for_each_request_once(tmp_path):
     assert len(sent) == len(set(sent)) == N, "a request was sent (and paid for) twice"
     with sqlite3.connect(ws / "distillery.db") as con:
         assert con.execute("SELECT COUNT(*) FROM annotations WHERE status = 'ok'").fetchone()[0] == N
+
+
+def test_ctrl_c_stops_sending_at_once_and_the_run_resumes(tmp_path):
+    docs = write_docs(tmp_path / "docs", [f"第{i}条 个人信息处理者应当履行第{i}项义务。" for i in range(N)])
+    ws = tmp_path / "ws"
+    subprocess.run([sys.executable, "-m", "annotate", "-w", str(ws), "ingest", str(docs)], check=True, capture_output=True)
+    with FakeMoonshot(api_key=KEY, latency_s=0.5) as server:
+        # 3 in flight, 120 RPM: most requests wait behind the rate limiter when the stop comes.
+        proc = _cli(ws, server.base_url, "--rpm", "120")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(server.chat_hashes()) < 4:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        at_stop = len(server.chat_hashes())
+        out, _ = proc.communicate(timeout=60)
+        after = len(server.chat_hashes())
+        assert proc.returncode == 1 and "stopped on request" in out
+        assert after - at_stop <= 1, "requests kept going out after Ctrl-C"  # at most one already past the gate
+        assert after < N
+        out, _ = _cli(ws, server.base_url).communicate(timeout=120)
+        sent = server.chat_hashes()
+    assert len(sent) == len(set(sent)) == N  # resumed: the rest asked once, nothing twice
