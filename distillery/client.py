@@ -14,7 +14,8 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -388,31 +389,34 @@ class OpenAIChatClient:
     async def _streamed(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A streamed completion read to its end and put back together as a chat.completion.
         A server that ignores `stream` and answers in one piece is read as such."""
-        index = max(range(len(self._pools)), key=self._free.__getitem__)
-        self._free[index] -= 1
         try:
-            async with self._pools[index].stream("POST", self.base_url + path, json=body) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise classify(response.status_code, response.content, response.headers)
-                if "text/event-stream" not in response.headers.get("content-type", ""):
-                    await response.aread()
-                    return _json_object(response)
-                return await _assemble(response, body)
+            with self._pool() as pool:
+                async with pool.stream("POST", self.base_url + path, json=body) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise classify(response.status_code, response.content, response.headers)
+                    if "text/event-stream" not in response.headers.get("content-type", ""):
+                        await response.aread()
+                        return _json_object(response)
+                    return await _assemble(response, body)
         except httpx.DecodingError as exc:
             raise TeacherError("malformed", f"undecodable body: {exc}", status=200) from exc
         except httpx.TransportError as exc:
             if isinstance(exc, httpx.TimeoutException):
                 raise
             raise TeacherError("connection", f"{type(exc).__name__}: {exc or 'connection lost'}") from exc
-        finally:
-            self._free[index] += 1
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
-        index = max(range(len(self._pools)), key=self._free.__getitem__)  # the least busy pool
+        with self._pool() as pool:
+            return await pool.request(method, self.base_url + path, json=body)
+
+    @contextmanager
+    def _pool(self) -> Iterator[httpx.AsyncClient]:
+        """The least busy connection pool, counted busy while the caller holds it."""
+        index = max(range(len(self._pools)), key=self._free.__getitem__)
         self._free[index] -= 1
         try:
-            return await self._pools[index].request(method, self.base_url + path, json=body)
+            yield self._pools[index]
         finally:
             self._free[index] += 1
 
