@@ -101,12 +101,12 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def bench_rate(rpm: int, seconds: float) -> float:
+def bench_rate(rpm: int, seconds: float, stream: bool) -> float:
     n = int(rpm * seconds / 60)
     with tempfile.TemporaryDirectory() as tmp, Server(latency=1.0, rpm=rpm) as server:
         store = make_store(Path(tmp), n)
         cpu0, t0 = cpu_s(), time.monotonic()
-        stats = job(store, server.url, rpm=rpm, concurrency=max(4, rpm // 30), tpm=10_000_000)
+        stats = job(store, server.url, rpm=rpm, concurrency=max(4, rpm // 30), tpm=10_000_000, stream=stream)
         wall, cpu = time.monotonic() - t0, cpu_s() - cpu0
     achieved = stats.calls_sent / wall * 60
     attempts = stats.calls_sent + stats.retries
@@ -131,12 +131,12 @@ def bench_naive(requests: int) -> float:
     return rate
 
 
-def bench_memory(chunks: int) -> None:
+def bench_memory(chunks: int, stream: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp, Server(latency=0.0, rpm=None) as server:
         store = make_store(Path(tmp), chunks)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t0 = time.monotonic()
-        stats = job(store, server.url, concurrency=32, rpm=10_000_000, tpm=10_000_000_000)
+        stats = job(store, server.url, concurrency=32, rpm=10_000_000, tpm=10_000_000_000, stream=stream)
         wall = time.monotonic() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"memory {chunks:,}-chunk job: {stats.by_status.get('ok', 0):,} ok in {wall:.0f} s "
@@ -147,13 +147,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller runs")
     parser.add_argument("--rpm", type=int, default=600)
+    parser.add_argument("--no-stream", dest="stream", action="store_false", help="answers in one piece, not streamed")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # figures appear as they come, also when piped
     os.environ["BENCH_KEY"] = KEY
-    rate = bench_rate(args.rpm, 30 if args.quick else 90)
+    print(f"answers {'streamed' if args.stream else 'in one piece (--no-stream)'}")
+    rate = bench_rate(args.rpm, 30 if args.quick else 90, args.stream)
     naive = bench_naive(10 if args.quick else 20)
     print(f"ratio  our throughput / naive loop = {rate / naive:.1f}x")
-    bench_memory(10_000 if args.quick else 100_000)
+    bench_memory(10_000 if args.quick else 100_000, args.stream)
 
 
 if __name__ == "__main__":
