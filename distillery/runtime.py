@@ -66,6 +66,7 @@ class Generation(BaseModel):
     stop_string: str | None
     prompt_tokens: int  # the templated prompt, assistant prefix included
     completion_tokens: int  # generated, including tokens that spelled the stop string
+    note: str | None = None  # something the caller should be told about how this answer came about
 
 
 def _cache_root(cache_dir: Path | None) -> Path:

@@ -28,6 +28,7 @@ from .config import ServeConfig, load_config
 from .edge import ApiError
 from .metrics import Metrics
 from .service import ModelService
+from .upstream import UpstreamService
 
 log = logging.getLogger("serve")
 
@@ -47,7 +48,8 @@ def create_app(config: ServeConfig | None = None, *, runtime: ModelRuntime | Non
     _setup_logging(config.log_level)
     # Resolved once here, not per request: the prompt file beside the model does not change.
     config = config.model_copy(update={"system_prompt": config.trained_system_prompt()})
-    service = ModelService(config, runtime=runtime)
+    service: ModelService | UpstreamService = (UpstreamService(config) if config.upstream
+                                               else ModelService(config, runtime=runtime))
     metrics = Metrics(service.snapshot)
     api_key = config.api_key()
 

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from .edge import ApiError, parse, read_json_object
 from .service import ModelService
+from .upstream import UpstreamService
 
 PATH = "/algorithm/ChatRest"
 OK_MSG = "解析成功"
@@ -71,7 +72,7 @@ def to_messages(req: ChatRestRequest, system_prompt: str | None) -> list[dict[st
     return messages
 
 
-def blueprint(service: ModelService) -> Blueprint:
+def blueprint(service: ModelService | UpstreamService) -> Blueprint:
     bp = Blueprint("chatrest", __name__)
     sep = service.config.separator
     # Built once: equal configs are what lets the batcher put concurrent requests in one batch.
@@ -104,6 +105,8 @@ def blueprint(service: ModelService) -> Blueprint:
             "request_id": g.rid,
             "latency_ms": round((time.monotonic() - g.started) * 1000, 1),
         }
+        if gen.note:
+            data["note"] = gen.note
         return jsonify(envelope(200, OK_MSG, data))
 
     return bp

@@ -33,6 +33,8 @@ _OVERRIDES = {
     "max_queue": "batching.max_queue",
     "timeout_s": "timeout_s",
     "log_prompts": "log_prompts",
+    "upstream": "upstream",
+    "upstream_model": "upstream_model",
 }
 
 
@@ -42,6 +44,9 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                      help=f"Server config YAML (see `distill-serve config`). Env: {CONFIG_ENV}."),
         click.option("--model", help="Merged model dir, or the base model for --adapter [default: embedded SmolLM2]."),
+        click.option("--upstream", help="Answer through this OpenAI-compatible engine (vLLM, SGLang, ...: its …/v1 URL) "
+                                        "instead of loading a model here."),
+        click.option("--upstream-model", help="The model name the upstream serves [default: the first of its /models]."),
         click.option("--adapter", help="LoRA adapter dir (from finetune) to apply on --model."),
         click.option("--quantization", type=click.Choice(["none", "int8", "int4"]),
                      help="Load quantized (bitsandbytes)."),

@@ -50,6 +50,12 @@ class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None  # merged model dir, or the base for `adapter`; None = embedded SmolLM2
+    # An OpenAI-compatible engine (vLLM, SGLang, ...) to answer instead of an in-process model:
+    # its base URL (…/v1), the model name it serves (None: the first of its /models), and the
+    # variable holding its key (unset or empty: none sent).
+    upstream: str | None = None
+    upstream_model: str | None = None
+    upstream_api_key_env: str = f"{ENV_PREFIX}UPSTREAM_API_KEY"
     adapter: str | None = None  # LoRA adapter dir (finetune's output) applied on `model`
     quantization: Literal["none", "int8", "int4"] = "none"
     device: str = "auto"  # auto = cuda when available, else cpu
@@ -73,6 +79,9 @@ class ServeConfig(BaseModel):
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None
 
+    def upstream_key(self) -> str | None:
+        return os.environ.get(self.upstream_api_key_env) or None
+
     def gunicorn_threads(self) -> int:
         """Threads for the one gunicorn worker: enough that the batcher's bounded queue, not
         gunicorn's unbounded one, is where excess load waits (and is refused)."""
@@ -94,6 +103,13 @@ class ServeConfig(BaseModel):
 
     def check(self) -> None:
         """What must hold before loading, so start-up fails rather than the first request."""
+        if self.upstream is not None:
+            if not self.upstream.startswith(("http://", "https://")):
+                raise ConfigError(f"upstream: {self.upstream} is not an http(s) URL (e.g. http://vllm:8000/v1)")
+            if self.model is not None or self.adapter is not None or self.quantization != "none":
+                raise ConfigError("upstream: the upstream engine holds the model; drop model/adapter/quantization "
+                                  "(set them on the engine, e.g. vLLM's --quantization, --enable-lora)")
+            return
         if self.adapter is not None and self.model is None:
             # Applied to the embedded SmolLM2, an adapter trained on Qwen2 would fail obscurely.
             raise ConfigError("adapter: needs model, the base model dir the adapter was trained on")
@@ -110,7 +126,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """DISTILL_SERVE_<FIELD>[__<SUBFIELD>] variables as dotted overrides ("batching.max_batch")."""
     env = os.environ if environ is None else environ
     # Not fields: the config file's path, and the default home of the API key itself.
-    skip = {CONFIG_ENV, DEFAULT_API_KEY_ENV}
+    skip = {CONFIG_ENV, DEFAULT_API_KEY_ENV, f"{ENV_PREFIX}UPSTREAM_API_KEY"}
     return {
         key[len(ENV_PREFIX) :].lower().replace("__", "."): value
         for key, value in env.items()

@@ -17,6 +17,7 @@ from distillery.completions import chat_completion, model_list
 
 from .edge import ApiError, json_type, parse, read_json_object
 from .service import ModelService
+from .upstream import UpstreamService
 
 PREFIX = "/v1/"
 _EXAMPLE = '{"model": "distillery", "messages": [{"role": "user", "content": "..."}]}'
@@ -89,7 +90,7 @@ class ChatCompletionRequest(BaseModel):
         return value
 
 
-def blueprint(service: ModelService) -> Blueprint:
+def blueprint(service: ModelService | UpstreamService) -> Blueprint:
     bp = Blueprint("openai", __name__)
     model_name = service.config.model_name
 
@@ -103,9 +104,12 @@ def blueprint(service: ModelService) -> Blueprint:
         gen = service.generate(messages, config, started=g.started, rid=g.rid)
         g.generation = gen
         g.texts = {"prompt": messages[-1]["content"], "answer": gen.text}
-        return jsonify(chat_completion(id=f"chatcmpl-{g.rid}", model=model_name, content=gen.text,
-                                       finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
-                                       completion_tokens=gen.completion_tokens))
+        body = chat_completion(id=f"chatcmpl-{g.rid}", model=model_name, content=gen.text,
+                               finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
+                               completion_tokens=gen.completion_tokens)
+        if gen.note:
+            body["note"] = gen.note
+        return jsonify(body)
 
     @bp.get("/v1/models")
     def models() -> Response:

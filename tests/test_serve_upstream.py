@@ -1,0 +1,106 @@
+"""serve in front of an upstream OpenAI-compatible engine: the same ChatRest and /v1 answers from
+a real third-party server (`llamafactory-cli api`, see conftest), and every upstream failure as a
+clear envelope (with the Moonshot double, whose faults can be injected)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from werkzeug.serving import make_server
+
+from distillery.errors import ConfigError
+from doubles.moonshot import FakeMoonshot
+from serve.app import create_app
+from serve.config import ServeConfig
+
+CHAT = "/algorithm/ChatRest"
+
+
+@contextmanager
+def front(upstream: str, **settings: Any) -> Iterator[httpx.Client]:
+    app = create_app(ServeConfig.model_validate({"upstream": upstream, **settings}))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.server_port}", timeout=120) as client:
+            yield client
+    finally:
+        server.shutdown()
+        thread.join(10)
+        app.extensions["distillery"].close()
+
+
+def envelope_error(response: httpx.Response, status: int, message: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["sucess"] is False and body["code"] == str(status) and message in body["msg"], body
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_chatrest_and_v1_answer_through_a_real_third_party_engine(llamafactory_api: str) -> None:
+    with front(llamafactory_api, generation={"max_new_tokens": 12}) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["engine"] == "upstream"
+        assert ready.json()["model"] == "gpt-3.5-turbo"  # the name llamafactory-cli api reports
+        answer = client.post(CHAT, json={"prompt": "Say hello.", "history": [{"query": "Hi", "answer": "Hello!"}]})
+        body = answer.json()
+        assert answer.status_code == 200 and body["sucess"] is True and body["code"] == "200"
+        assert body["data"]["answer"].strip() and body["data"]["usage"]["completion_tokens"] > 0
+        v1 = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Say hi."}],
+                                                        "max_tokens": 8})
+        assert v1.status_code == 200 and v1.json()["choices"][0]["message"]["content"].strip()
+        over = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100})
+        assert over.status_code == 400 and "at most 12 new tokens" in over.json()["error"]["message"]  # the same limits
+        metrics = client.get("/metrics").text
+        assert 'distill_serve_requests_total{endpoint="/algorithm/ChatRest",status="200"}' in metrics
+
+
+def test_an_upstream_that_ignores_stop_still_gives_the_conclusion_only() -> None:
+    with FakeMoonshot(api_key=None) as upstream:  # answers "label####reason" whatever `stop` says
+        with front(upstream.base_url) as client:
+            short = client.post(CHAT, json={"prompt": "这段文字与个人信息相关吗？"}).json()["data"]
+            full = client.post(CHAT, json={"prompt": "这段文字与个人信息相关吗？", "reasoning": True}).json()["data"]
+        sent = [r["body"] for r in upstream.requests if r["path"].endswith("/chat/completions")]
+    assert "####" not in short["answer"] and short["answer"] == full["conclusion"]
+    assert "ignored stop '####'" in short["note"] and "note" not in full
+    assert sent[0]["stop"] == ["####"] and "stop" not in sent[1]  # the early exit was asked for upstream
+
+
+@pytest.mark.parametrize(("fault", "status", "message"), [
+    ("context_overflow", 400, "the upstream answered 400: Invalid request: Your request exceeded model token limit"),
+    ("429", 503, "retry shortly"),
+    ("500", 502, "the upstream answered 500"),
+    ("malformed", 502, "not a chat completion"),
+])
+def test_upstream_failures_are_clear_envelopes_never_a_500(fault: str, status: int, message: str) -> None:
+    with FakeMoonshot(api_key=None) as upstream, front(upstream.base_url) as client:
+        upstream.inject(fault)
+        envelope_error(client.post(CHAT, json={"prompt": "hi"}), status, message)
+
+
+def test_a_wrong_upstream_key_and_a_dead_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTILL_SERVE_UPSTREAM_API_KEY", "sk-wrong")
+    with FakeMoonshot(api_key="sk-right") as upstream, front(upstream.base_url) as client:
+        # Its /models refuses the key too, so readiness says so; a request is a 503 envelope, not a 500.
+        assert client.get("/readyz").status_code == 503
+        envelope_error(client.post(CHAT, json={"prompt": "hi"}), 503, "the upstream is not ready")
+    with FakeMoonshot(api_key=None) as upstream:
+        url = upstream.base_url
+    with front(url) as client:  # nothing listens there any more
+        assert client.get("/readyz").status_code == 503
+        envelope_error(client.post(CHAT, json={"prompt": "hi"}), 503, "not ready")
+
+
+def test_upstream_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match="upstream: the upstream engine holds the model"):
+        ServeConfig(upstream="http://vllm:8000/v1", model="/models/x").check()
+    with pytest.raises(ConfigError, match="is not an http"):
+        ServeConfig(upstream="vllm:8000").check()
