@@ -5,6 +5,7 @@ when streaming: the job completes every request anyway, pays each once, and mark
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -17,14 +18,17 @@ from helpers import ingested_store  # noqa: E402
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
 
 def test_a_self_hosted_teacher_that_serves_one_at_a_time_completes_every_request(tmp_path, llamafactory_api):
     store = ingested_store(tmp_path, ["第一条 处理个人信息应当告知。", "食堂明天供应早餐。", "第三条 数据应当加密存储。"])
     task = load_task("relevance")
-    # Three at once against a server that answers one at a time; a 20 s silence limit.
-    config = load_job_config(None, {"teacher.provider": "openai", "teacher.base_url": llamafactory_api,
-                                    "teacher.model": "smollm2", "teacher.max_tokens": 24, "teacher.temperature": 0,
-                                    "teacher.concurrency": 3, "teacher.timeout_s": 20, "teacher.max_retries": 1})
+    # The shipped self-hosted config, pointed at this server; three at once against a server that
+    # answers one at a time, with a 20 s silence limit.
+    config = load_job_config(EXAMPLES / "self-hosted.yaml", {
+        "teacher.base_url": llamafactory_api, "teacher.model": "smollm2", "teacher.max_tokens": 24,
+        "teacher.temperature": 0, "teacher.concurrency": 3, "teacher.timeout_s": 20, "teacher.max_retries": 1})
     assert config.teacher.stream and config.teacher.key_problem() is None  # a base URL needs no key
     pending = runner.plan(store, task, config)
     stats = asyncio.run(runner.run_job(store, task, config))
