@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pydantic import BaseModel, Field
 
 from distillery.accounting import Price, cost, estimate_prompt_tokens
-from distillery.ledger import CallHeld, JobStopped, Ledger, LedgerStats, fatal_advice
+from distillery.ledger import CallHeld, JobStopped, Ledger, LedgerStats
 from distillery.parsing import ContractError
 from distillery.records import Annotation, Step
 from distillery.store import Store
@@ -234,14 +234,6 @@ class Job:
 
     async def run(self, *, concurrency: int, on_progress: Callable[[JobStats], None] | None = None) -> JobStats:
         started = time.monotonic()
-        if (problem := await self.teacher.probe()) is not None:
-            self.stats.stopped = (fatal_advice(problem) if problem.fatal else
-                                  f"cannot reach the teacher at {self.ledger.base_url}: {problem.message}; check "
-                                  "--base-url and the network, then run the same command again")
-            self.ledger.close()
-            await self.teacher.aclose()
-            return self.stats
-        self.stats.total = self.store.job_count(task_hash=self.task.hash, model=self.model)
         queue: asyncio.Queue[Annotation | None] = asyncio.Queue(maxsize=concurrency * 2)
 
         async def worker() -> None:
@@ -259,9 +251,12 @@ class Job:
                     if on_progress:
                         on_progress(self.stats)
 
-        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
-        after = 0
+        workers: list[asyncio.Task[None]] = []
         try:
+            await self.ledger.preflight()
+            self.stats.total = self.store.job_count(task_hash=self.task.hash, model=self.model)
+            workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+            after = 0
             while not self.stop.is_set():
                 page = self.store.job_pending(task_hash=self.task.hash, model=self.model, after_rowid=after)
                 if not page:
@@ -273,6 +268,8 @@ class Job:
                     if self.stop.is_set():
                         break
                     await queue.put(ann)
+        except JobStopped as exc:  # the preflight: nothing was sent
+            self.stats.stopped = str(exc)
         finally:
             for _ in workers:
                 await queue.put(None)

@@ -121,6 +121,16 @@ class Ledger:
             self.stopped_because = why
             self.stop.set()
 
+    async def preflight(self) -> None:
+        """One look at the teacher before a job (nothing paid): raises JobStopped when every request
+        would fail (unreachable, rejected key), so none is sent."""
+        problem = await self.teacher.probe()
+        if problem is not None:
+            self.halt(fatal_advice(problem) if problem.fatal else
+                      f"cannot reach the teacher at {self.base_url}: {problem.message}; check --base-url and the "
+                      "network, then run the same command again")
+            raise JobStopped(self.stopped_because)
+
     async def call(self, annotation_id: str, request: ChatRequest) -> Answer:
         """The answer to `request`, paid for only if no answer is stored. Raises JobStopped at a
         stop, the budget or a fatal teacher error (quota, auth); CallHeld when another live run has

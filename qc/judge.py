@@ -150,7 +150,11 @@ async def judge_records(
                          request_hash=request_hash)
 
     try:
+        await ledger.preflight()  # an unreachable judge, or a refused key, costs nothing and says so
         results = await asyncio.gather(*(judge(ctx) for ctx in records))
+    except JobStopped as exc:
+        stats.stopped = str(exc)
+        return stats
     finally:
         ledger.close()
         await teacher.aclose()

@@ -63,3 +63,11 @@ def test_read_score_is_tolerant_but_never_guesses():
     assert read_score("Score: 7/10 #### fine")[0] == 7
     assert read_score("很好")[0] is None
     assert read_score("12####?")[0] is None
+
+
+def test_a_judge_with_a_refused_key_stops_before_any_paid_request(tmp_path):
+    ws = workspace(tmp_path, 6)
+    with FakeMoonshot(api_key="sk-the-right-one", responder=judge_answer) as server:
+        result = _judge(ws, server)
+        assert len(server.chat_hashes()) == 0  # the probe was refused: nothing was asked
+    assert "judge stopped early" in result.output and "rejected the API key" in " ".join(result.output.split())
