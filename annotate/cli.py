@@ -145,10 +145,7 @@ def run_cmd(ctx: click.Context, task_name: str | None, config_path: Path | None,
         if dry_run:
             _print_estimate(runner.estimate(store, task, config))
             return
-        try:
-            run_planned_job(store, task, config, pending)
-        except DistilleryError as exc:
-            raise click.ClickException(str(exc)) from exc
+        run_planned_job(store, task, config, pending)  # a stop or a missing key: one line, via CommandGroup
 
 
 def plan_job(store: Store, task: Task, config: JobConfig, *, limit: int | None = None,
