@@ -19,6 +19,7 @@ this package imports no stage (`distillery.stages` finds them through entry poin
     runtime        the one model runtime (load, quantize, LoRA, generate with stop strings, score)
     engine         dynamic batching of concurrent callers on one model thread
     completions    the OpenAI chat-completions shapes distillery writes
+    formatting     figures as people read them (percentages)
     sentences      Chinese/English sentence boundaries
     stages         the stage contract and how stages are found
     pipeline       `distill run`: every stage's step from one project config, the report

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distillery.config import validate
 from distillery.errors import ConfigError
+from distillery.formatting import pct
 from distillery.pipeline import RunContext, StepResult, Target
 from distillery.stages import Stage
 
@@ -168,10 +169,6 @@ def fidelity_figures(report: EvalReport, references: list[str], train_examples: 
         majority_baseline=common[0][1] / len(references) if common else 0.0,
         base=_student(by_name["base"]), tuned=_student(by_name["tuned"]),
     )
-
-
-def pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
 
 
 def check_targets(fidelity: FidelityFigures, targets: FinetuneTargets) -> list[Target]:

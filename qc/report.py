@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from distillery.formatting import pct
 from distillery.records import Sample, utcnow
 from distillery.store import Store
 
@@ -179,10 +180,6 @@ def build_report(store: Store, sample: Sample, workspace: str) -> QCReport:
 
 DECISION_STYLE = {"accept": "bold green", "reject": "bold red", "pending": "bold yellow", "inconclusive": "bold yellow"}
 DECISION_WORD = {"accept": "TRAIN", "reject": "DO NOT TRAIN", "pending": "NOT DECIDED YET", "inconclusive": "INCONCLUSIVE"}
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
 
 
 def interval_text(rate: Interval) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
+from distillery.formatting import pct
+
 from .checks import FLAG_KINDS
-from .report import GroupRow, QCReport, interval_text, pct
+from .report import GroupRow, QCReport, interval_text
 from .review import REASONS
 from .svg import Bar, interval_bars, line_chart, stacked_counts
 
