@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -100,7 +99,6 @@ class RunContext:
     console: Console
     threads: int | None = None
     handoff: Handoff = field(default_factory=Handoff)
-    timings: dict[str, float] = field(default_factory=dict)
 
     def resolve(self, path: str | Path) -> Path:
         p = Path(path).expanduser()
@@ -159,7 +157,6 @@ def run_project(path: Path, workspace: Path, *, overrides: dict[str, Any] | None
     results: dict[str, StepResult] = {}
     for number, (stage, settings) in enumerate(steps, 1):
         ctx.console.print(Rule(f"[bold]{number}/{len(steps) + 1} {stage.name}: {stage.help}"))
-        started = time.monotonic()
         try:
             result = stage.run(ctx, settings)
         except DistilleryError as exc:
@@ -170,7 +167,6 @@ def run_project(path: Path, workspace: Path, *, overrides: dict[str, Any] | None
             log.write_text(traceback.format_exc(), encoding="utf-8")
             raise StepFailed(f"step {stage.name} failed: {type(exc).__name__}: {exc} (the traceback is in {log})\n"
                              f"{_AGAIN}") from exc
-        ctx.timings[stage.name] = time.monotonic() - started
         results[stage.name] = result
         if result.paused:
             ctx.console.print(f"[yellow]paused after {stage.name}[/]: {result.paused}")
