@@ -38,7 +38,8 @@ def chunk_document(
 
     Each chunk is at most `max_size` by `length`, treating length as additive over
     sentences and the whitespace between them (exact for `len`). A sentence longer
-    than `max_size` is cut at a comma, else whitespace, else anywhere. Each chunk
+    than `max_size` is cut at a comma, else whitespace, else anywhere. A chunk ends early before
+    an anchor sentence once it is ANCHOR_FILL full (content-defined boundaries). Each chunk
     after the first starts with the last whole sentences of the one before, as many
     as fit in `overlap` (0: no overlap) while leaving room for at least one new sentence.
     """
@@ -74,18 +75,37 @@ def chunk_document(
     def page_at(position: int) -> int | None:
         return pages[bisect_right(page_starts, position) - 1].number
 
+    anchors = [_is_anchor(text[s:e]) for s, e in units]
     chunks: list[ChunkSpan] = []
-    first = 0
+    first = fresh = 0  # `fresh`: the chunk's first unit that the previous chunk did not hold
     while True:
         last, total = first, sizes[first]  # `last` is inclusive
         while last + 1 < len(units) and total + gap(last + 1) + sizes[last + 1] <= max_size:
+            if anchors[last + 1] and last >= fresh and total >= ANCHOR_FILL * max_size:
+                break  # a content-defined boundary: see _is_anchor
             last += 1
             total += gap(last) + sizes[last]
         start, end = units[first][0], units[last][1]
         chunks.append(ChunkSpan(text[start:end], start, end, page_at(start), page_at(end - 1)))
         if last + 1 == len(units):
             return chunks
-        first = _overlap_start(first, last, sizes, gap, overlap, max_size)
+        first, fresh = _overlap_start(first, last, sizes, gap, overlap, max_size), last + 1
+
+
+# Content-defined boundaries. Packing greedily from the start, one sentence changed in a re-issued
+# document would shift every later chunk boundary, and every later chunk would be new text to pay
+# for. So a chunk that is already ANCHOR_FILL full also ends before an "anchor" sentence, one
+# that its own text marks (1 in ANCHOR_EVERY by hash): both versions then break at the same
+# anchor after the change, and the chunks after it are identical, hence annotated once.
+# Measured (docs/ingest.md): one sentence inserted or deleted in a 120-paragraph document made
+# 6-28 new chunks with greedy packing, 2-7 with anchors; the price is 2% (English) to 18%
+# (Chinese, 800-char chunks) more chunks on every document.
+ANCHOR_EVERY = 10
+ANCHOR_FILL = 0.6
+
+
+def _is_anchor(sentence: str) -> bool:
+    return hashlib.blake2b(sentence.encode("utf-8"), digest_size=4).digest()[0] % ANCHOR_EVERY == 0
 
 
 def _overlap_start(

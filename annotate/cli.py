@@ -19,6 +19,7 @@ from distillery.errors import ConfigError, DistilleryError
 from distillery.jsonl import read_jsonl, write_jsonl
 from distillery.ledger import JobStopped
 from distillery.options import CommandGroup, teacher_options, workspace_option
+from distillery.privacy import describe_found
 from distillery.records import LineageRecord
 from distillery.store import Store
 from distillery.tasks import Task, TaskFileError, builtin_names, load_task
@@ -43,20 +44,24 @@ def main(ctx: click.Context, workspace: Path) -> None:
     ctx.ensure_object(dict)["workspace"] = workspace
 
 
-@main.command("ingest", help=f"Read files and folders ({', '.join(sorted(SUPPORTED_SUFFIXES))}) into chunks. "
-              "Re-ingesting the same files adds nothing.")
+@main.command("ingest", help=f"Read files and folders ({', '.join(sorted(SUPPORTED_SUFFIXES))}; each also gzipped, "
+              "as name.txt.gz; and .zip archives of them) into chunks. Re-ingesting the same files adds nothing. "
+              "Exits non-zero when any file failed (the others are ingested), unless --allow-partial.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--max-size", default=800, show_default=True, help="Largest chunk, in --unit.")
 @click.option("--overlap", default=80, show_default=True, help="Sentences carried over between chunks, up to this size.")
 @click.option("--unit", type=click.Choice(["chars", "tokens"]), default="chars", show_default=True)
 @click.option("--tokenizer", help="Model dir whose tokenizer counts tokens (default: the embedded model).")
 @click.option("--text-field", default="text", show_default=True, help="Field/column holding the text in .jsonl/.csv.")
+@click.option("--allow-partial", is_flag=True, help="Exit 0 even when some files failed (they are still listed).")
 @click.pass_context
 def ingest_cmd(ctx: click.Context, paths: tuple[Path, ...], max_size: int, overlap: int, unit: str,
-               tokenizer: str | None, text_field: str) -> None:
+               tokenizer: str | None, text_field: str, allow_partial: bool) -> None:
     config = ChunkingConfig(max_size=max_size, overlap=overlap, unit=unit, tokenizer=tokenizer)
     with _store(ctx) as store:
-        ingest_with_status(store, paths, config, text_field=text_field)
+        report = ingest_with_status(store, paths, config, text_field=text_field)
+    if not allow_partial:
+        report.require_complete("--allow-partial")  # a PartialIngest: one line and exit 1, via CommandGroup
 
 
 def ingest_with_status(store: Store, paths: Iterable[Path], config: ChunkingConfig, *, text_field: str = "text") -> IngestReport:
@@ -66,6 +71,7 @@ def ingest_with_status(store: Store, paths: Iterable[Path], config: ChunkingConf
     table = Table(title="ingest", show_header=False)
     for label, value in (("files read", report.files), ("documents new", report.documents_new),
                          ("documents already ingested", report.documents_seen), ("chunks new", report.chunks_new),
+                         ("of which text already stored (annotated once)", f"{report.chunks_duplicate} ({report.chars_duplicate:,} chars)"),
                          ("files failed", len(report.failures)), ("warnings", len(report.warnings))):
         table.add_row(label, str(value))
     console.print(table)
@@ -120,6 +126,9 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--retry", "retry", default="", help="Re-run records in these states, e.g. invalid,failed.")
 @click.option("--dry-run", is_flag=True, help="Print the estimated tokens and cost; send nothing.")
 @click.option("--budget", type=float, help="Stop cleanly once the workspace has spent this much.")
+@click.option("--privacy", type=click.Choice(["mask", "block", "allow"]),
+              help="Personal data in a chunk bound for an external teacher: mask it, send no such chunk, or send "
+                   "it as is [default: config's, or mask].")
 @teacher_options()
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Max tokens per answer.")
 @click.option("--temperature", type=float, help="Sampling temperature [default: 0.3].")
@@ -127,7 +136,7 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 def run_cmd(ctx: click.Context, task_name: str | None, config_path: Path | None, var_items: tuple[str, ...],
             limit: int | None, shard: str | None, retry: str, dry_run: bool, **options: Any) -> None:
     """Annotate the ingested chunks with a task. Safe to kill and run again: it resumes."""
-    overrides = {"task": task_name, "budget": options.pop("budget")}
+    overrides = {"task": task_name, "budget": options.pop("budget"), "privacy.policy": options.pop("privacy")}
     overrides |= {f"teacher.{k}": v for k, v in options.items()}
     try:
         config = load_job_config(config_path, overrides)
@@ -135,16 +144,18 @@ def run_cmd(ctx: click.Context, task_name: str | None, config_path: Path | None,
     except (ConfigError, TaskFileError) as exc:
         raise click.ClickException(str(exc)) from exc
     retry_states = tuple(s for s in retry.split(",") if s)
-    bad = set(retry_states) - {"invalid", "failed", "refused", "too_long", "ok"}
+    bad = set(retry_states) - {"invalid", "failed", "refused", "too_long", "blocked", "ok"}
     if bad:
         raise click.BadParameter(f"unknown state(s) {', '.join(sorted(bad))}", param_hint="--retry")
     with _store(ctx) as store:
         if store.totals()["chunks"] == 0:
             raise click.ClickException(f"workspace {ctx.obj['workspace']} has no chunks: run `distill-annotate ingest PATH` first")
-        pending = plan_job(store, task, config, limit=limit, shard=_parse_shard(shard), retry=retry_states)
-        if dry_run:
-            _print_estimate(runner.estimate(store, task, config))
+        if dry_run:  # plans nothing: a dry run leaves no records behind
+            est = runner.estimate(store, task, config, limit=limit, shard=_parse_shard(shard), retry=retry_states)
+            _announce_job(task, config, est.pending)
+            _print_estimate(est)
             return
+        pending = plan_job(store, task, config, limit=limit, shard=_parse_shard(shard), retry=retry_states)
         run_planned_job(store, task, config, pending)  # a stop or a missing key: one line, via CommandGroup
 
 
@@ -152,11 +163,15 @@ def plan_job(store: Store, task: Task, config: JobConfig, *, limit: int | None =
              shard: tuple[int, int] | None = None, retry: tuple[str, ...] = ()) -> int:
     """`runner.plan`, then a line saying what will be done by which teacher. Returns the records to do."""
     pending = runner.plan(store, task, config, limit=limit, shard=shard, retry=retry)
+    _announce_job(task, config, pending)
+    return pending
+
+
+def _announce_job(task: Task, config: JobConfig, pending: int) -> None:
     t = config.teacher
     where = t.resolved_base_url() or "embedded local model"
     console.print(f"task [bold]{task.name}[/bold] ({task.hash[:12]}) · teacher {t.resolved_model()} @ {where} · "
                   f"{pending} records to do")
-    return pending
 
 
 def run_planned_job(store: Store, task: Task, config: JobConfig, pending: int) -> runner.JobStats | None:
@@ -235,6 +250,7 @@ def _print_summary(store: Store, task_name: str, stats: runner.JobStats | None) 
                          ("cancelled before they were sent", stats.calls_cancelled), ("HTTP retries", stats.retries),
                          ("  sent again after a timeout (may be charged twice)", stats.resent_after_timeout),
                          ("re-asks for broken format", stats.reasks),
+                         ("personal data masked before sending", describe_found(stats.masked) or "none"),
                          ("tokens", f"{stats.prompt_tokens:,} in / {stats.completion_tokens:,} out"),
                          ("cost", f"{stats.cost:.4f} {stats.currency}"), ("elapsed", f"{stats.elapsed_s:.1f} s")):
         run.add_row(label, str(value))

@@ -1,19 +1,27 @@
-"""Ingest: files -> documents -> chunks in the store. One bad file never sinks the batch."""
+"""Ingest: files -> documents -> chunks in the store. One bad file never sinks the batch, but
+the report says the batch is partial (`IngestReport.require_complete`)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from distillery.errors import DistilleryError
 from distillery.records import Chunk, Document
 from distillery.store import Store
 
+from .archives import ZipArchive, is_zip
 from .chunking import chunk_document, chunk_id
-from .readers import ReadError, SourceDoc, iter_files, read_file_report
+from .readers import ReadError, SourceDoc, UnpackLimits, iter_files, read_file_report
 
 
 class ChunkingConfig(BaseModel):
@@ -28,13 +36,32 @@ class FileFailure(BaseModel):
     reason: str
 
 
+class PartialIngest(DistilleryError):
+    """Some files could not be read; the others are ingested."""
+
+
 class IngestReport(BaseModel):
-    files: int = 0
+    files: int = 0  # files read or tried; each member of a .zip counts as one
     documents_new: int = 0
     documents_seen: int = 0  # already in the store from an earlier ingest
     chunks_new: int = 0
+    chunks_duplicate: int = 0  # of those, text already stored: linked to it, never sent again
+    chars_duplicate: int = 0
     failures: list[FileFailure] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+
+    def require_complete(self, accept: str) -> None:
+        """Raise PartialIngest when any file failed; `accept` says how to go on without them."""
+        if not self.failures:
+            return
+        named = ", ".join(f.path for f in self.failures[:3])
+        if len(self.failures) > 3:
+            named += f" and {len(self.failures) - 3} more"
+        raise PartialIngest(
+            f"{len(self.failures)} of {self.files} files failed ({named}; each reason is above), the rest is ingested. "
+            "Fix or remove them and run the same command again (what is ingested already is skipped), "
+            f"or go on without them: {accept}"
+        )
 
 
 def length_function(config: ChunkingConfig) -> Callable[[str], int]:
@@ -50,7 +77,14 @@ def length_function(config: ChunkingConfig) -> Callable[[str], int]:
 
 def document_id(source: SourceDoc) -> str:
     # Content, not path: the same file ingested twice (or under a new name) is one document.
-    return hashlib.sha256(source.text.encode("utf-8")).hexdigest()[:32]
+    # A jsonl/csv row is a record of its file (its other fields are its meta): the same text on
+    # two rows is two documents, each with its own fields. The path is resolved, so ingesting
+    # from another folder adds nothing; that two such documents are annotated once is the
+    # chunk-level dedup's job.
+    key = source.text
+    if source.kind in ("jsonl", "csv"):
+        key += "\x00" + str(Path(source.path).resolve())
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
 def to_records(source: SourceDoc, config: ChunkingConfig, length: Callable[[str], int]) -> tuple[Document, list[Chunk]]:
@@ -82,35 +116,97 @@ def to_records(source: SourceDoc, config: ChunkingConfig, length: Callable[[str]
     return doc, chunks
 
 
+Read = Callable[[], tuple[list[SourceDoc], list[str]]]
+
+
 def ingest(
     store: Store,
     paths: Iterable[Path],
     *,
     config: ChunkingConfig | None = None,
     text_field: str = "text",
+    limits: UnpackLimits | None = None,
     on_file: Callable[[Path], None] | None = None,
 ) -> IngestReport:
-    """Read every file under `paths`, chunk it and store it; failures are reported per file."""
+    """Read every file under `paths` (and every member of a .zip), chunk it and store it;
+    failures are reported per file."""
     config = config or ChunkingConfig()
+    limits = limits or UnpackLimits()
     length = length_function(config)
     report = IngestReport()
-    for path in iter_files(paths, skipped=report.warnings):
+
+    def add(path: Path, read: Read) -> None:
         report.files += 1
         if on_file:
             on_file(path)
         try:
-            sources, warnings = read_file_report(path, text_field=text_field)
+            with library_output(path) as printed:
+                sources, notes = read()
         except ReadError as exc:
             report.failures.append(FileFailure(path=str(path), reason=exc.reason))
-            continue
+            return
         except Exception as exc:  # a reader library crashing on a hostile file must not end the batch
             report.failures.append(FileFailure(path=str(path), reason=f"unexpected error while reading: {exc!r}"))
-            continue
-        report.warnings += warnings
+            return
+        finally:
+            report.warnings += printed
+        report.warnings += notes
         for source in sources:
             doc, chunks = to_records(source, config, length)
-            is_new = store.document(doc.id) is None
+            if store.document(doc.id) is not None:
+                # Stored with its chunks in one transaction: chunking it again (say with another
+                # max_size) would add a second set of chunks of the same text to pay for.
+                report.documents_seen += 1
+                continue
             report.chunks_new += store.add_document(doc, chunks)
-            report.documents_new += is_new
-            report.documents_seen += not is_new
+            linked, chars = store.duplicate_chunks(doc.id)
+            report.chunks_duplicate += linked
+            report.chars_duplicate += chars
+            report.documents_new += 1
+
+    for path in iter_files(paths, skipped=report.warnings):
+        if not is_zip(path):
+            add(path, partial(read_file_report, path, text_field=text_field, limits=limits))
+            continue
+        try:
+            archive = ZipArchive(path, limits)
+        except ReadError as exc:
+            report.files += 1
+            report.failures.append(FileFailure(path=str(path), reason=exc.reason))
+            continue
+        with archive:
+            report.warnings += archive.skipped
+            for member in archive.members:
+                add(member.path, partial(archive.read, member, text_field=text_field))
     return report
+
+
+@contextmanager
+def library_output(path: Path) -> Iterator[list[str]]:
+    """Collect what reader libraries say while reading `path` (the Python warnings that the filters
+    in force would print, and log records of WARNING and up, e.g. pypdf's), as report warnings
+    instead of raw lines on stderr. A message repeated (pypdf can log one per object) is one line
+    with its count."""
+    said: list[str] = []
+    lines: list[str] = []
+    root = logging.getLogger()
+    handlers, root.handlers = root.handlers, [_Collect(said)]  # libraries' loggers propagate here
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield lines
+    finally:
+        root.handlers = handlers
+        said += [f"{w.category.__name__}: {w.message}" for w in caught]
+        lines += [f"{path}: {line}" + (f" ({n} times)" if n > 1 else "") for line, n in Counter(said).items()]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(f"{record.name.split('.')[0]} {record.levelname.lower()}: {record.getMessage()}")
+        except Exception:  # a malformed log call must not fail the file
+            self.handleError(record)

@@ -1,4 +1,4 @@
-"""Read source documents (txt, md, pdf, docx, html, jsonl, csv) into plain text.
+"""Read source documents (txt, md, pdf, docx, html, jsonl, csv; each also gzipped) into plain text.
 
 Every reader returns `SourceDoc`s whose text is normalised the same way, so chunk
 offsets and chunk ids do not depend on how a file happened to be saved (BOM,
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
 import json
 import os
 import re
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,14 +26,19 @@ import charset_normalizer
 from pydantic import BaseModel, Field
 
 from distillery.errors import DistilleryError
+from distillery.formatting import size
+
+from .layout import unwrap
 
 __all__ = [
     "Page",
     "SourceDoc",
     "ReadError",
     "SUPPORTED_SUFFIXES",
+    "UnpackLimits",
     "read_file",
     "read_file_report",
+    "read_bytes_report",
     "iter_files",
 ]
 
@@ -44,7 +51,7 @@ class Page(NamedTuple):
 class SourceDoc(BaseModel):
     """The text of one document, split into pages (one page unless it is a PDF)."""
 
-    path: str  # as given; a jsonl/csv row is "file.jsonl#L3" / "file.csv#R3"
+    path: str  # as given; a jsonl/csv row is "file.jsonl#L3" / "file.csv#R3"; a zip member "a.zip!dir/file.txt"
     kind: str  # "txt" | "md" | "pdf" | "docx" | "html" | "jsonl" | "csv"
     encoding: str | None  # detected text encoding, None for binary formats
     pages: list[Page]
@@ -77,7 +84,15 @@ _KINDS = {
     ".jsonl": "jsonl",
     ".csv": "csv",
 }
-SUPPORTED_SUFFIXES: frozenset[str] = frozenset(_KINDS)
+SUPPORTED_SUFFIXES: frozenset[str] = frozenset(_KINDS)  # each also as "name.txt.gz"; .zip: see annotate.archives
+
+
+class UnpackLimits(BaseModel):
+    """How much one compressed file may unpack to: a zip bomb (kilobytes that unpack to
+    gigabytes) becomes a ReadError naming the limit, not an exhausted machine."""
+
+    member_bytes: int = Field(512 * 2**20, ge=1)  # one .gz file, or one member of a .zip
+    archive_bytes: int = Field(4 * 2**30, ge=1)  # all the members of one .zip together
 
 # Documents stored in one csv cell easily exceed the csv module's 128 KiB default.
 csv.field_size_limit(2**31 - 1)
@@ -89,17 +104,27 @@ def read_file(path: Path, *, text_field: str = "text") -> list[SourceDoc]:
     return docs
 
 
-def read_file_report(path: Path, *, text_field: str = "text") -> tuple[list[SourceDoc], list[str]]:
-    """Like `read_file`, also returning warnings about skipped jsonl lines / csv rows."""
+def read_file_report(
+    path: Path, *, text_field: str = "text", limits: UnpackLimits | None = None
+) -> tuple[list[SourceDoc], list[str]]:
+    """Like `read_file`, also returning warnings about skipped jsonl lines / csv rows.
+    "name.txt.gz" is unpacked (within `limits.member_bytes`) and read as "name.txt"."""
     path = Path(path)
-    kind = _KINDS.get(path.suffix.lower())
-    if kind is None:
-        supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
-        raise ReadError(path, f"unsupported file type {path.suffix or '(no suffix)'!r}; supported: {supported}")
+    _kind(path)  # an unsupported name fails before its bytes are read
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ReadError(path, f"cannot read the file ({exc.strerror or exc})") from exc
+    if path.suffix.lower() == ".gz" and data.strip():
+        data = _gunzip(path, data, (limits or UnpackLimits()).member_bytes)
+    return read_bytes_report(path, data, text_field=text_field)
+
+
+def read_bytes_report(path: Path, data: bytes, *, text_field: str = "text") -> tuple[list[SourceDoc], list[str]]:
+    """`read_file_report` for bytes already in memory (a zip member, an unpacked .gz): `path`
+    names them in documents and messages, and its suffix says what they are."""
+    path = Path(path)
+    kind = _kind(path)
     if not data.strip():
         raise ReadError(path, "empty file")
     if kind == "pdf":
@@ -112,13 +137,48 @@ def read_file_report(path: Path, *, text_field: str = "text") -> tuple[list[Sour
     if kind == "csv":
         return _read_csv(path, text, encoding, text_field)
     meta: dict[str, Any] = {}
+    text = _normalize(text)  # line ends are LF before any rule reads lines
     if kind == "html":
         text, title = _html_text(text)
+        if not text:  # a TOC or menu page: a normal part of a site or manual, not a failed file
+            return [], [f"{path}: no main content (only navigation, a table of contents or page furniture); skipped"]
         if title:
             meta["title"] = title
     elif kind == "md":
-        text = _markdown_text(text)
+        text = unwrap(_markdown_text(text))
+    else:
+        text = unwrap(text)  # a line break an editor's fill made is not a sentence end
     return [_single(path, kind, encoding, [Page(None, _normalize(text))], meta)], []
+
+
+def _kind(path: Path) -> str:
+    """The document kind the file name says: "a.txt" and "a.txt.gz" are both txt."""
+    suffix = path.suffix.lower()
+    inner = Path(path.stem).suffix.lower() if suffix == ".gz" else suffix
+    kind = _KINDS.get(inner)
+    if kind is not None:
+        return kind
+    if suffix == ".zip":
+        raise ReadError(path, "a .zip archive holds files, not text: ingest it (each member is read as a file)")
+    shown = f"{inner}.gz" if suffix == ".gz" and inner else suffix or "(no suffix)"
+    supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
+    raise ReadError(path, f"unsupported file type {shown!r}; supported: {supported}, each also gzipped (name.txt.gz), "
+                          "and .zip archives of them")
+
+
+def _gunzip(path: Path, data: bytes, limit: int) -> bytes:
+    # Read at most one byte past the limit: the size in the gzip trailer is modulo 4 GiB and can
+    # lie, so only unpacking tells. Unpacking to the end also checks the CRC.
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+            out = fh.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a cut-off file, EOFError
+        raise ReadError(path, f"not a readable gzip file ({type(exc).__name__}: {exc}); it may be corrupt or "
+                              "cut off: download it again") from exc
+    if len(out) > limit:
+        raise ReadError(path, f"unpacks to more than {size(limit)}, the limit for one file (a zip bomb?); "
+                              "if it is genuine, unpack it yourself and ingest the result")
+    return out
 
 
 def iter_files(paths: Iterable[Path], skipped: list[str] | None = None) -> Iterator[Path]:
@@ -234,35 +294,30 @@ def _single(path: Path, kind: str, encoding: str | None, pages: list[Page], meta
 
 
 def _read_pdf(path: Path, data: bytes) -> tuple[list[SourceDoc], list[str]]:
-    import pypdf  # imported here: only PDF reading pays for it
+    from .pdf_text import PdfError, clean_pages, read_pdf_pages
 
-    # pypdf raises many exception types on malformed files (its own, ValueError,
-    # KeyError, ...): any failure to parse means the file is unusable.
     try:
-        reader = pypdf.PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise ReadError(path, "the PDF is password-protected; save an unprotected copy")
-        raw_pages = list(reader.pages)
-        title = reader.metadata.title if reader.metadata else None
-    except ReadError:
-        raise
-    except Exception as exc:
-        raise ReadError(path, f"not a readable PDF ({type(exc).__name__}: {exc}); the file may be corrupt") from exc
+        raw_pages, meta = read_pdf_pages(data)
+    except PdfError as exc:
+        if "password" in str(exc).lower():
+            raise ReadError(path, "the PDF is password-protected; save an unprotected copy") from exc
+        raise ReadError(path, f"not a readable PDF ({exc}); the file may be corrupt") from exc
     if not raw_pages:
         raise ReadError(path, "the PDF has no pages; the file may be corrupt")
-    pages: list[Page] = []
-    warnings: list[str] = []
-    for number, page in enumerate(raw_pages, start=1):
-        try:
-            text = page.extract_text() or ""
-        except Exception as exc:  # one damaged page should not lose the rest
-            warnings.append(f"{path} page {number}: text could not be extracted ({type(exc).__name__}: {exc})")
-            continue
-        pages.append(Page(number, _normalize(text)))
-    if not any(page.text.strip() for page in pages):
+    if not any(page.lines for page in raw_pages):
         raise ReadError(path, "the PDF has no extractable text; it is probably scanned images and needs OCR first")
-    meta = {"title": str(title).strip()} if title and str(title).strip() else {}
-    return [_single(path, "pdf", None, pages, meta)], warnings
+    cleaned = clean_pages(raw_pages)
+    warnings = []
+    if cleaned.listing_pages:
+        shown = ", ".join(map(str, cleaned.listing_pages))
+        warnings.append(f"{path}: pages {shown} left out: a table of contents or an index, not running text")
+    doc_meta: dict[str, Any] = {"title": meta["title"]} if meta.get("title") else {}
+    if cleaned.removed_lines:
+        doc_meta["furniture_lines_removed"] = cleaned.removed_lines
+    pages = [Page(number, _normalize(text)) for number, text in cleaned.pages]
+    if not any(page.text.strip() for page in pages):  # as an HTML TOC page: part of a manual, not a failure
+        return [], [f"{path}: no running text (only a table of contents, an index or page furniture); skipped"]
+    return [_single(path, "pdf", None, pages, doc_meta)], warnings
 
 
 def _read_docx(path: Path, data: bytes) -> SourceDoc:
@@ -298,36 +353,10 @@ def _table_rows(table: Any) -> list[str]:
     return rows
 
 
-_HTML_DROP = ["script", "style", "nav", "noscript", "template", "head", "svg"]
-_HTML_BLOCKS = [
-    "p", "div", "section", "article", "main", "header", "footer", "aside", "blockquote", "pre",
-    "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "dl", "dt", "dd", "table", "tr",
-    "figure", "figcaption", "form", "hr", "br", "address", "details", "summary",
-]  # fmt: skip
-_BREAK = "\x00"  # marks a block edge; NULs in the input are removed first, so it cannot clash
-
-
 def _html_text(html: str) -> tuple[str, str | None]:
-    from bs4 import BeautifulSoup
-    from bs4.element import PreformattedString
+    from .html_text import html_to_text  # imported here: only HTML reading pays for bs4 and markdownify
 
-    soup = BeautifulSoup(html.replace(_BREAK, ""), "html.parser")
-    title = " ".join(soup.title.get_text().split()) if soup.title else None
-    for tag in soup.find_all(_HTML_DROP):
-        tag.decompose()
-    for pre in soup.find_all("pre"):  # the only place where source newlines mean something
-        for string in pre.find_all(string=True):
-            string.replace_with(string.replace("\n", _BREAK))
-    for tag in soup.find_all(_HTML_BLOCKS):
-        tag.insert_before(_BREAK)
-        tag.insert_after(_BREAK)
-    for cell in soup.find_all(["td", "th"]):  # keep "<td>a</td><td>b</td>" from reading "ab"
-        cell.insert_after(" ")
-    # Comments, doctype and CDATA are PreformattedStrings: not text a reader sees.
-    strings = (s for s in soup.find_all(string=True) if not isinstance(s, PreformattedString))
-    text = re.sub(r"\s+", " ", "".join(strings))  # source whitespace is insignificant in HTML
-    lines = (line.strip() for line in text.split(_BREAK))
-    return "\n".join(line for line in lines if line), title or None
+    return html_to_text(html)
 
 
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")

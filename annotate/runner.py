@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from distillery.accounting import Price, cost, estimate_prompt_tokens
 from distillery.ledger import CallHeld, JobStopped, Ledger, LedgerStats
 from distillery.parsing import ContractError
+from distillery.privacy import Privacy
 from distillery.records import Annotation, Step
 from distillery.store import Store
 from distillery.tasks import Task
@@ -38,11 +39,13 @@ class JobStats(LedgerStats):
     reasks: int = 0  # answers that broke the contract and were asked again
     elapsed_s: float = 0.0
     stopped: str | None = None  # why the run ended early, if it did
+    masked: dict[str, int] = Field(default_factory=dict)  # personal data replaced before sending, by kind (per chunk)
     errors: list[str] = Field(default_factory=list)  # the first few record-level errors
 
 
 class Estimate(BaseModel):
-    records: int
+    pending: int  # records the job would start with (what `plan` returns)
+    records: int  # with the answers a QA job's questions fan out into
     prompt_tokens: int
     completion_tokens: int
     cost: float
@@ -88,27 +91,34 @@ def plan(
     return store.job_count(task_hash=task.hash, model=model)
 
 
-def estimate(store: Store, task: Task, config: JobConfig) -> Estimate:
-    """Tokens and money the planned job will take, before anything is sent (the dry run)."""
-    model = config.teacher.resolved_model()
+def estimate(
+    store: Store,
+    task: Task,
+    config: JobConfig,
+    *,
+    limit: int | None = None,
+    shard: tuple[int, int] | None = None,
+    retry: tuple[str, ...] = (),
+) -> Estimate:
+    """Tokens and money the job `plan` would set up will take (the dry run). Nothing is written:
+    the records `plan` would add or reset are worked out, so a dry run leaves no trace in `status`."""
+    store.select_job_chunks(shard=shard, limit=limit)  # a temporary table of this connection only
     price = config.price()
-    records = prompt = 0
-    after = 0
-    while page := store.job_pending(task_hash=task.hash, model=model, after_rowid=after, limit=512):
-        for after, ann in page:
-            chunk = store.chunk(ann.chunk_id)
-            assert chunk is not None
-            records += 1
-            prompt += estimate_prompt_tokens(task.messages(ann.step, chunk.text, question=ann.input))
+    fan = task.spec.max_questions if task.spec.kind == "qa" else 0
+    pending = fanned = prompt = 0
+    for ann in _to_do(store, task, config, retry):
+        chunk = store.chunk(ann.chunk_id)
+        assert chunk is not None
+        # A questions record fans out into up to `fan` answers, each about as long to ask.
+        extra = fan if ann.step == "questions" else 0
+        pending += 1
+        fanned += extra
+        prompt += estimate_prompt_tokens(task.messages(ann.step, chunk.text, question=ann.input)) * (1 + extra)
+    records = pending + fanned
     completion = records * config.expected_completion_tokens
-    note = ""
-    if task.spec.kind == "qa":
-        # Each questions record fans out into up to max_questions answers of about the same size.
-        fan = task.spec.max_questions
-        note = f"includes up to {fan} answers per chunk (qa fan-out)"
-        prompt, completion = prompt * (1 + fan), completion * (1 + fan)
-        records *= 1 + fan
+    note = f"includes up to {fan} answers per chunk (qa fan-out)" if fanned else ""
     return Estimate(
+        pending=pending,
         records=records,
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -117,6 +127,18 @@ def estimate(store: Store, task: Task, config: JobConfig) -> Estimate:
         priced=config.has_price(),
         note=note,
     )
+
+
+def _to_do(store: Store, task: Task, config: JobConfig, retry: tuple[str, ...]) -> Iterator[Annotation]:
+    """The records `plan` would leave pending, read only: the stored ones that are pending or in a
+    `retry` state, then the ones it would create."""
+    model, provider = config.teacher.resolved_model(), config.teacher.resolved_provider()
+    after = 0
+    while page := store.job_pending(task_hash=task.hash, model=model, after_rowid=after, limit=512,
+                                    statuses=("pending", *retry)):
+        for after, ann in page:
+            yield ann
+    yield from _planned(task, model, provider, store.job_chunks_without(task_hash=task.hash, model=model, step=task.first_step))
 
 
 class Job:
@@ -132,6 +154,8 @@ class Job:
                              price=self.price, budget=config.budget, stats=self.stats, stop=self.stop,
                              lease_s=config.teacher.lease_s())
         self.ledger.stopped_because = "stopped on request; run the same command again to resume"
+        self.privacy = Privacy(store, config.privacy, local_teacher=config.teacher.resolved_provider() == "local")
+        self.masked_chunks: set[str] = set()  # chunks whose masked values this run has counted
 
     # -- one call, paid at most once ------------------------------------------------------
 
@@ -157,7 +181,22 @@ class Job:
     async def annotate(self, ann: Annotation) -> None:
         chunk = self.store.chunk(ann.chunk_id)
         assert chunk is not None
-        messages = self.task.messages(ann.step, chunk.text, question=ann.input)
+        # What leaves is masked (or blocked) by the workspace's privacy policy; the same chunk always
+        # masks alike, so a re-run builds the same request and the ledger reuses its answer.
+        screened = self.privacy.screen(chunk.text, ann.input)
+        if screened.blocked:
+            ann.status = "blocked"
+            ann.error = (f"{screened.blocked} [{self._where(ann)}]; to send it masked, run again with --privacy mask "
+                         "--retry blocked (privacy.policy in the job config)")
+            self._finish(ann, [])
+            return
+        if ann.chunk_id not in self.masked_chunks:
+            self.masked_chunks.add(ann.chunk_id)
+            for kind, n in screened.found.items():
+                self.stats.masked[kind] = self.stats.masked.get(kind, 0) + n
+        text, question = screened.texts
+        assert text is not None
+        messages = self.task.messages(ann.step, text, question=question)
         ann.provider, ann.params = self.teacher.name, {
             "temperature": self.config.teacher.temperature,
             "max_tokens": self.config.teacher.max_tokens,
@@ -170,7 +209,7 @@ class Job:
         new_answers = 0
         while new_answers <= self.task.spec.contract.max_reasks:
             try:
-                h, result, reused = await self.ledger.call(ann.id, self._request(messages, ann.step, chunk.text))
+                h, result, reused = await self.ledger.call(ann.id, self._request(messages, ann.step, text))
             except CallHeld:
                 return  # another run has this record's request out: it stays pending for that run
             except TeacherError as exc:
@@ -182,7 +221,9 @@ class Job:
             new_answers += not reused
             ann.request_hash, ann.raw_text = h, result.content
             try:
-                parsed = self.task.parse(ann.step, result.content, result.finish_reason)
+                # The ledger keeps the answer as received; the record (and the questions it fans out
+                # into) gets the values back, so its training example reads like its source chunk.
+                parsed = self.task.parse(ann.step, screened.restore(result.content), result.finish_reason)
                 questions = self.task.questions(parsed) if ann.step == "questions" else []
             except ContractError as exc:
                 error = str(exc)

@@ -8,9 +8,13 @@ The `annotate:` section of the project config:
     teacher: local.yaml        # an annotate job config file (its teacher, budget, prices), or inline
                                # teacher settings: {provider: openai, model: moonshot-v1-8k, ...}
     budget: null               # stop once the workspace has spent this much (overrides the file's)
+    privacy: null              # personal data bound for an external teacher (overrides the file's):
+                               # {policy: mask|block|allow, patterns: {kind: regex}, names: [...]}
     gold_labels: null          # file,label CSV of the author's labels: the report says how often
                                # the teacher was right
     chunking: {max_size: 800, overlap: 80}
+    allow_partial: false       # true: go on when some documents cannot be read (they are listed);
+                               # false: the step stops before the teacher is paid for a partial set
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from distillery.accounting import DEFAULT_PRICES, cost
 from distillery.config import validate
 from distillery.errors import ConfigError
 from distillery.pipeline import RunContext, StepResult
+from distillery.privacy import describe_found
 from distillery.stages import Stage
 from distillery.store import Store
 from distillery.tasks import TaskFileError, builtin_names, load_task
-from distillery.teacher_config import JobConfig, TeacherConfig, load_job_config
+from distillery.teacher_config import JobConfig, PrivacyConfig, TeacherConfig, load_job_config
 
 from .cli import ingest_with_status, main, plan_job, run_planned_job
 from .ingest import ChunkingConfig
@@ -44,8 +49,10 @@ class AnnotateSection(BaseModel):
     vars: dict[str, Any] = Field(default_factory=dict)
     teacher: TeacherConfig | Path = Field(default_factory=TeacherConfig)
     budget: float | None = Field(None, gt=0)
+    privacy: PrivacyConfig | None = None
     gold_labels: Path | None = None
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    allow_partial: bool = False
 
 
 class AnnotateSettings(BaseModel):
@@ -53,6 +60,7 @@ class AnnotateSettings(BaseModel):
     job: JobConfig
     chunking: ChunkingConfig
     gold: dict[str, str] | None
+    allow_partial: bool = False
 
 
 class TeacherFigures(BaseModel):
@@ -89,7 +97,8 @@ def configure(section: dict[str, Any], ctx: RunContext) -> AnnotateSettings:
         job = load_job_config(ctx.resolve(s.teacher)) if isinstance(s.teacher, Path) else JobConfig(teacher=s.teacher)
     except ConfigError as exc:
         raise ConfigError(f"annotate.teacher: {exc}") from exc
-    job = job.model_copy(update={"task": task, "vars": {**job.vars, **s.vars}, "budget": s.budget or job.budget})
+    job = job.model_copy(update={"task": task, "vars": {**job.vars, **s.vars}, "budget": s.budget or job.budget,
+                                 "privacy": s.privacy or job.privacy})
     try:
         load_task(job.task, overrides=job.vars or None)
     except TaskFileError as exc:
@@ -100,21 +109,24 @@ def configure(section: dict[str, Any], ctx: RunContext) -> AnnotateSettings:
             gold = read_gold(ctx.resolve(s.gold_labels))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"annotate.gold_labels: {exc}") from exc
-    return AnnotateSettings(documents=documents, job=job, chunking=s.chunking, gold=gold)
+    return AnnotateSettings(documents=documents, job=job, chunking=s.chunking, gold=gold, allow_partial=s.allow_partial)
 
 
 def run(ctx: RunContext, settings: AnnotateSettings) -> StepResult:
     ws, job = ctx.workspace, settings.job
     chunking = settings.chunking
     ctx.command("annotate", "ingest", settings.documents, "--max-size", str(chunking.max_size),
-                "--overlap", str(chunking.overlap), "--unit", chunking.unit)
+                "--overlap", str(chunking.overlap), "--unit", chunking.unit,
+                *(["--allow-partial"] if settings.allow_partial else []))
     job_file = ws.root / "annotate-job.yaml"  # the effective job config, so the command below is exact
     job_file.parent.mkdir(parents=True, exist_ok=True)
     job_file.write_text(yaml.safe_dump(job.model_dump(mode="json", exclude_defaults=True), allow_unicode=True,
                                        sort_keys=False), encoding="utf-8")
     task = load_task(job.task, overrides=job.vars or None)
     with Store.open(ws.root) as store:
-        ingest_with_status(store, [settings.documents], chunking)
+        report = ingest_with_status(store, [settings.documents], chunking)
+        if not settings.allow_partial:
+            report.require_complete("set annotate.allow_partial: true (or --set annotate.allow_partial=true)")
         if store.totals()["chunks"] == 0:
             raise ConfigError(f"annotate.documents: no readable document in {settings.documents}")
         ctx.command("annotate", "run", "-c", job_file)
@@ -127,7 +139,8 @@ def run(ctx: RunContext, settings: AnnotateSettings) -> StepResult:
         figures=figures.model_dump(mode="json"),
         markdown=markdown(figures),
         summary=[f"teacher: {figures.prompt_tokens + figures.completion_tokens:,} tokens, "
-                 f"{figures.cost:.2f} {figures.currency}, {figures.records} answers kept"],
+                 f"{figures.cost:.2f} {figures.currency}, {figures.records} answers kept"]
+                + ([f"masked before sending: {describe_found(stats.masked)}"] if stats and stats.masked else []),
         outputs={"store (documents, answers, verdicts)": ws.db, "effective annotate job config": job_file},
     )
 

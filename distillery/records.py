@@ -6,6 +6,7 @@ The SQLite schema in `distillery.store` mirrors them column for column.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -20,8 +21,9 @@ AnnotationStatus = Literal[
     "refused",  # the provider's content filter refused the input
     "too_long",  # the input exceeded the model's context
     "failed",  # the request never got an answer (retries exhausted, bad request)
+    "blocked",  # not sent: personal data in the chunk and the privacy policy is block
 ]
-FINAL_STATUSES: frozenset[str] = frozenset({"ok", "invalid", "refused", "too_long", "failed"})
+FINAL_STATUSES: frozenset[str] = frozenset({"ok", "invalid", "refused", "too_long", "failed", "blocked"})
 
 Step = Literal["main", "questions", "answer"]
 
@@ -31,7 +33,8 @@ def utcnow() -> str:
 
 
 class Document(BaseModel):
-    id: str  # sha256 of the document text (+ path for jsonl/csv rows): the same file ingests once
+    id: str  # sha256 of the document text (+ for a jsonl/csv row its resolved path and row, "a.jsonl#L3",
+    # so equal rows of two files are two documents, each with its fields): the same file ingests once
     path: str
     kind: str
     encoding: str | None = None
@@ -52,6 +55,14 @@ class Chunk(BaseModel):
     page_end: int | None = None
     size: int  # in the unit the chunker measured (chars or tokens)
     created_at: str = Field(default_factory=utcnow)
+    text_key: str | None = None  # text_key(text); None on chunks stored before keys existed
+    duplicate_of: str | None = None  # the first stored chunk with the same text: it is annotated, not this one
+
+
+def text_key(text: str) -> str:
+    """Identity of a chunk's text for dedup: the same characters, however spaced or wrapped."""
+    normal = "".join(text.split())  # whitespace dropped, not collapsed: CJK text wraps without spaces
+    return hashlib.sha256(normal.encode("utf-8")).hexdigest()[:32]
 
 
 class TaskVersion(BaseModel):

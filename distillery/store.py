@@ -34,6 +34,7 @@ from .records import (
     Sample,
     SampleItem,
     TaskVersion,
+    text_key,
     utcnow,
 )
 from .workspace import Workspace
@@ -128,8 +129,27 @@ SCHEMA_V2 = """
 ALTER TABLE calls ADD COLUMN claimed_by TEXT;
 """
 
+# Version 3: privacy placeholders. A personal datum found in text bound for an external teacher
+# (distillery.privacy) is sent as `[KIND_n]`; n is its number here, assigned once per workspace, so
+# every job masks it alike. Only this file holds the values: nothing exported reads this table.
+SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS privacy_placeholders (
+    kind TEXT NOT NULL, value TEXT NOT NULL, n INTEGER NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (kind, value), UNIQUE (kind, n)
+) WITHOUT ROWID;
+"""
+
+# Version 4: chunk-level dedup. A chunk whose text (records.text_key) is already stored links to
+# the first chunk with that text and is never sent to the teacher; keys of older chunks are filled
+# in when the store is opened (Store._key_old_chunks).
+SCHEMA_V4 = """
+ALTER TABLE chunks ADD COLUMN text_key TEXT;
+ALTER TABLE chunks ADD COLUMN duplicate_of TEXT REFERENCES chunks(id);
+CREATE INDEX IF NOT EXISTS chunks_text_key ON chunks(text_key);
+"""
+
 # MIGRATIONS[i] takes a store from version i to i + 1. Append; never edit a released one.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 M = TypeVar("M", bound=BaseModel)
@@ -210,6 +230,38 @@ class Store:
 
     def _migrate(self) -> None:
         version = self.version()
+        self._migrate_to(version)
+        if version < 4:
+            self._key_old_chunks()
+
+    def _key_old_chunks(self) -> None:
+        """Chunks stored before version 4 get their text keys and duplicate links, oldest first."""
+        with self.transaction() as db:
+            rows = db.execute("SELECT id, text FROM chunks WHERE text_key IS NULL ORDER BY rowid").fetchall()
+            for row in rows:
+                key = text_key(row["text"])
+                db.execute("UPDATE chunks SET text_key = ?, duplicate_of = ? WHERE id = ?",
+                           (key, self._first_with_key(db, key, row["id"]), row["id"]))
+
+    @staticmethod
+    def _first_with_keys(db: sqlite3.Connection, keys: list[str]) -> dict[str, str]:
+        """The first stored (non-duplicate) chunk of each of these text keys."""
+        rows = db.execute(
+            "SELECT text_key, id FROM chunks WHERE text_key IN (SELECT value FROM json_each(?)) AND duplicate_of IS NULL"
+            " ORDER BY rowid DESC",
+            (json.dumps(keys),),
+        )
+        return {row["text_key"]: row["id"] for row in rows}  # in descending order, so the first one wins
+
+    @staticmethod
+    def _first_with_key(db: sqlite3.Connection, key: str, chunk_id: str) -> str | None:
+        row = db.execute(
+            "SELECT id FROM chunks WHERE text_key = ? AND duplicate_of IS NULL AND id != ? ORDER BY rowid LIMIT 1",
+            (key, chunk_id),
+        ).fetchone()
+        return row["id"] if row else None
+
+    def _migrate_to(self, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}, newer than this distillery knows "
                              f"({SCHEMA_VERSION}): upgrade distillery to open it")
@@ -265,9 +317,13 @@ class Store:
         with self.transaction() as db:
             db.execute(_insert_sql("documents", Document.model_fields), _columns(doc))
             added = 0
-            for chunk in chunks:
-                row = _columns(chunk) | {"shard_key": int(chunk.id[:8], 16)}
+            keys = [chunk.text_key or text_key(chunk.text) for chunk in chunks]
+            first = self._first_with_keys(db, keys)  # one query per document, not one per chunk
+            for chunk, key in zip(chunks, keys):
+                row = _columns(chunk) | {"shard_key": int(chunk.id[:8], 16), "text_key": key}
+                row["duplicate_of"] = first.get(key) if first.get(key) != chunk.id else None
                 added += db.execute(_insert_sql("chunks", row), row).rowcount
+                first.setdefault(key, chunk.id)  # a text repeated within this document
         return added
 
     def document(self, document_id: str) -> Document | None:
@@ -278,16 +334,26 @@ class Store:
         for row in self.db.execute("SELECT * FROM documents ORDER BY path"):
             yield _row_to(Document, row)
 
+    def duplicate_chunks(self, document_id: str | None = None) -> tuple[int, int]:
+        """(chunks, characters) that repeat text stored before them: linked, not annotated again."""
+        sql = "SELECT COUNT(*), COALESCE(SUM(LENGTH(text)), 0) FROM chunks WHERE duplicate_of IS NOT NULL"
+        args: tuple[str, ...] = ()
+        if document_id is not None:
+            sql, args = sql + " AND document_id = ?", (document_id,)
+        count, chars = self.db.execute(sql, args).fetchone()
+        return count, chars
+
     def chunk(self, chunk_id: str) -> Chunk | None:
         row = self.db.execute("SELECT * FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
         return _row_to(Chunk, row) if row else None
 
     def chunk_ids(self, *, shard: tuple[int, int] | None = None, limit: int | None = None) -> Iterator[str]:
         """Chunk ids in document order; `shard=(i, n)` keeps the i-th of n disjoint parts."""
-        sql = "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id"
+        # A duplicate's text is annotated through the chunk it links to: never planned itself.
+        sql = "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.duplicate_of IS NULL"
         args: list[Any] = []
         if shard:
-            sql += " WHERE c.shard_key % ? = ?"
+            sql += " AND c.shard_key % ? = ?"
             args += [shard[1], shard[0]]
         sql += " ORDER BY d.path, c.seq"
         if limit is not None:
@@ -387,12 +453,15 @@ class Store:
             (task_hash, model, *marks),
         ).rowcount
 
-    def job_pending(self, *, task_hash: str, model: str, after_rowid: int = 0, limit: int = 256) -> list[tuple[int, Annotation]]:
-        """The next page of the job's pending annotations, in insertion order."""
+    def job_pending(self, *, task_hash: str, model: str, after_rowid: int = 0, limit: int = 256,
+                    statuses: Collection[str] = ("pending",)) -> list[tuple[int, Annotation]]:
+        """The next page of the job's pending annotations (or those in `statuses`), in insertion order."""
+        marks = list(statuses)
         rows = self.db.execute(
             "SELECT rowid AS _rowid, * FROM annotations WHERE rowid > ? AND task_hash = ? AND model = ?"
-            " AND status = 'pending' AND chunk_id IN (SELECT chunk_id FROM job_chunks) ORDER BY rowid LIMIT ?",
-            (after_rowid, task_hash, model, limit),
+            f" AND status IN ({', '.join('?' * len(marks))}) AND chunk_id IN (SELECT chunk_id FROM job_chunks)"
+            " ORDER BY rowid LIMIT ?",
+            (after_rowid, task_hash, model, *marks, limit),
         ).fetchall()
         return [(r["_rowid"], _row_to(Annotation, r)) for r in rows]
 
@@ -511,6 +580,27 @@ class Store:
     def calls(self, annotation_id: str) -> list[Call]:
         rows = self.db.execute("SELECT * FROM calls WHERE annotation_id = ? ORDER BY sent_at", (annotation_id,))
         return [_row_to(Call, r) for r in rows]
+
+    # -- privacy placeholders ------------------------------------------------------------------
+
+    def placeholder_numbers(self, values: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The workspace-wide number of each (kind, value); a new value gets the next number of its
+        kind, in the order given. Atomic: two runs on one workspace agree on every number."""
+        wanted = list(dict.fromkeys(values))
+        sql = ("SELECT kind, value, n FROM privacy_placeholders WHERE (kind, value) IN"
+               " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))")
+        arg = (json.dumps(wanted, ensure_ascii=False),)
+        numbers = {(r["kind"], r["value"]): r["n"] for r in self.db.execute(sql, arg)}
+        if len(numbers) < len(wanted):
+            with self.transaction() as db:
+                for kind, value in wanted:
+                    db.execute(
+                        "INSERT OR IGNORE INTO privacy_placeholders (kind, value, n, created_at)"
+                        " SELECT ?, ?, COALESCE(MAX(n), 0) + 1, ? FROM privacy_placeholders WHERE kind = ?",
+                        (kind, value, utcnow(), kind),
+                    )
+                numbers = {(r["kind"], r["value"]): r["n"] for r in db.execute(sql, arg)}
+        return numbers
 
     # -- JSONL exchange ---------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ the OpenAI-compatible API (Kimi by default); with neither, the embedded local mo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -95,6 +96,46 @@ class TeacherConfig(BaseModel):
         )
 
 
+PersonalKind = Literal["id_card", "phone", "bank_card", "email", "ssn"]
+PERSONAL_KINDS: tuple[PersonalKind, ...] = ("id_card", "phone", "bank_card", "email", "ssn")
+
+
+class PrivacyConfig(BaseModel):
+    """What happens to personal data before a chunk goes to an external teacher (distillery.privacy):
+    `mask` sends it with placeholders, `block` sends no chunk that has any, `allow` sends it as is."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy: Literal["mask", "block", "allow"] = "mask"
+    detect: list[PersonalKind] = Field(default_factory=lambda: list(PERSONAL_KINDS))  # the built-in detectors on
+    patterns: dict[str, str] = Field(default_factory=dict)  # your own kinds: name -> regex
+    names: list[str] = Field(default_factory=list)  # exact strings (people, clients) masked as kind "name"
+    phone_regions: list[str] = Field(default_factory=lambda: ["CN", "US"])  # numbers without +: first region's rules
+    local_sees_original: bool = True  # the embedded model runs here: nothing leaves the machine
+
+    @field_validator("patterns")
+    @classmethod
+    def _usable_patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for kind, regex in patterns.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", kind):
+                raise ValueError(f"kind '{kind}': use lower-case letters, digits and _ (it becomes the placeholder "
+                                 f"[{kind.upper()}_1])")
+            try:
+                compiled = re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"{kind}: '{regex}' is not a regular expression ({exc})") from None
+            if compiled.fullmatch(""):
+                raise ValueError(f"{kind}: '{regex}' matches the empty string; it would mask nothing useful")
+        return patterns
+
+    @field_validator("names")
+    @classmethod
+    def _no_blank_names(cls, names: list[str]) -> list[str]:
+        stripped = [n.strip() for n in names]
+        if not all(stripped):
+            raise ValueError("a blank name would match everywhere; remove it")
+        return stripped
+
+
 class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str = "relevance"  # built-in name or path to a task YAML
@@ -103,6 +144,7 @@ class JobConfig(BaseModel):
     budget: float | None = Field(None, gt=0)  # stop cleanly once this much is spent (price currency)
     prices: dict[str, Price] = Field(default_factory=dict)  # per model, overrides the defaults
     expected_completion_tokens: int = Field(200, ge=1)  # for the dry-run estimate
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)  # personal data bound for an external teacher
 
     def price(self) -> Price:
         if self.teacher.resolved_provider() == "local":

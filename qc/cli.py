@@ -26,6 +26,7 @@ from rich.table import Table
 
 from distillery.errors import ConfigError
 from distillery.options import CommandGroup, teacher_options, workspace_option
+from distillery.privacy import describe_found
 from distillery.records import Sample
 from distillery.store import Store
 from distillery.teacher_config import load_job_config
@@ -185,6 +186,9 @@ def check_cmd(ctx: click.Context, tasks: tuple[str, ...], min_reasoning: int, ma
             console.print(f"judge: {stats.judged} scored ({stats.reused} answers reused, not paid again), "
                           f"{stats.unreadable} unreadable, {stats.failed} failed, {stats.low} below {judge_threshold}; "
                           f"cost {stats.cost:.4f} {stats.currency}; scores {scores or '-'}")
+            if stats.masked or stats.blocked:
+                console.print(f"judge: personal data masked before sending: {describe_found(stats.masked) or 'none'}; "
+                              f"{stats.blocked} records not judged (privacy policy block)")
             if stats.stopped:
                 console.print(f"[red]judge stopped early:[/red] {stats.stopped}")
         with _progress("checking records") as bar:

@@ -4,6 +4,8 @@ It goes through the same teacher client, limits and call ledger as annotation (`
 so judge calls are paced like annotation calls, count against the same budget, and a re-run never
 pays for a judgement it already has (temperature 0: the same record asks the same request).
 The score is stored (table `judgements`) and scores below the keep threshold become flags.
+The judge reads the chunk and the answer, so the job's privacy policy applies to its requests as
+to annotation's (`distillery.privacy`, the same placeholders), and its reason gets the values back.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pydantic import BaseModel, Field
 
 from distillery.ledger import CallHeld, JobStopped, Ledger
 from distillery.parsing import ContractError, parse_answer
+from distillery.privacy import Privacy
 from distillery.records import Flag, Judgement
 from distillery.store import Store
+from distillery.tasks import Task
 from distillery.teacher import ChatRequest, Guide, Message, Teacher, TeacherError
 from distillery.teacher_config import JobConfig, build_teacher
 
@@ -59,6 +63,8 @@ class JudgeStats(BaseModel):
     reused: int = 0  # answers found in the call ledger: not paid again
     unreadable: int = 0  # answers without a 1-10 score
     failed: int = 0  # requests that got no answer
+    blocked: int = 0  # not sent: personal data and the privacy policy is block
+    masked: dict[str, int] = Field(default_factory=dict)  # personal data replaced before sending, by kind
     low: int = 0  # scored below the threshold: flagged
     cost: float = 0.0
     currency: str = "CNY"
@@ -66,12 +72,12 @@ class JudgeStats(BaseModel):
     scores: dict[int, int] = Field(default_factory=dict)  # score -> records
 
 
-def judge_messages(ctx: Context) -> list[Message]:
-    ann = ctx.annotation
-    words = _PROMPTS[ctx.task.spec.language]
-    question = words["question"].format(question=ann.input) if ann.input else ""
-    user = words["user"].format(description=ctx.task.spec.description, instruction=ctx.instruction, text=ctx.chunk.text,
-                                question=question, conclusion=ann.conclusion, reasoning=ann.reasoning or "")
+def judge_messages(task: Task, *, text: str, instruction: str, question: str | None, conclusion: str,
+                   reasoning: str) -> list[Message]:
+    words = _PROMPTS[task.spec.language]
+    asked = words["question"].format(question=question) if question else ""
+    user = words["user"].format(description=task.spec.description, instruction=instruction, text=text,
+                                question=asked, conclusion=conclusion, reasoning=reasoning)
     return [{"role": "system", "content": words["system"]}, {"role": "user", "content": user}]
 
 
@@ -120,11 +126,23 @@ async def judge_records(
                     budget=config.budget, stop=stop, lease_s=config.teacher.lease_s())
     stats.currency = ledger.price.currency
     limit = asyncio.Semaphore(config.teacher.limits().concurrency)
+    privacy = Privacy(store, config.privacy, local_teacher=config.teacher.resolved_provider() == "local")
     done = 0
 
     async def judge(ctx: Context) -> Judgement | None:
         nonlocal done
-        request = ChatRequest(messages=judge_messages(ctx), model=model, temperature=0.0, max_tokens=MAX_TOKENS,
+        ann = ctx.annotation
+        screened = privacy.screen(ctx.chunk.text, ctx.instruction, ann.input, ann.conclusion, ann.reasoning or "")
+        if screened.blocked:
+            stats.blocked += 1
+            return Judgement(annotation_id=ann.id, model=model, score=None, reason=f"not judged: {screened.blocked}")
+        for kind, n in screened.found.items():
+            stats.masked[kind] = stats.masked.get(kind, 0) + n
+        text, instruction, question, conclusion, reasoning = screened.texts
+        assert text is not None and instruction is not None and conclusion is not None and reasoning is not None
+        messages = judge_messages(ctx.task, text=text, instruction=instruction, question=question, conclusion=conclusion,
+                                  reasoning=reasoning)
+        request = ChatRequest(messages=messages, model=model, temperature=0.0, max_tokens=MAX_TOKENS,
                               guide=Guide(labels=SCORES))
         async with limit:
             if stop.is_set():
@@ -146,7 +164,7 @@ async def judge_records(
                 if on_progress:
                     on_progress(done, len(records))
         score, reason = read_score(result.content)
-        return Judgement(annotation_id=ctx.annotation.id, model=model, score=score, reason=reason,
+        return Judgement(annotation_id=ctx.annotation.id, model=model, score=score, reason=screened.restore(reason),
                          request_hash=request_hash)
 
     try:

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from annotate import chunking
 from annotate.chunking import ChunkSpan, chunk_document, chunk_id, split_sentences
 from annotate.readers import Page
 
@@ -14,6 +15,25 @@ from annotate.readers import Page
 def sentences(text: str) -> list[str]:
     return [text[start:end] for start, end in split_sentences(text)]
 
+
+
+@pytest.fixture
+def greedy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain greedy packing: these tests pin exact boundaries, which anchors would move."""
+    monkeypatch.setattr(chunking, "ANCHOR_FILL", 2.0)
+
+
+def test_anchors_end_a_chunk_early_only_once_it_is_full_enough() -> None:
+    sentences = [f"第{i:03d}句话在这里结束。" for i in range(200)]
+    size = len(sentences[0])
+    anchored = {i for i, s in enumerate(sentences) if chunking._is_anchor(s)}
+    assert 5 < len(anchored) < 60
+    chunks = chunk_document([Page(None, "".join(sentences))], max_size=200, overlap=0)
+    for chunk in chunks[:-1]:
+        end = sentences.index(chunk.text[-size:])
+        # Ended before an anchor once 60% full, or because the next sentence did not fit.
+        assert end + 1 in anchored and len(chunk.text) >= 0.6 * 200 or len(chunk.text) + size > 200
+    assert any(len(c.text) + size <= 200 for c in chunks[:-1])  # some did end early
 
 def test_chinese_sentences() -> None:
     text = "今天天气很好。我们去公园吧！你来吗？他说：“我不去。”她笑了……然后走了；再见。没有句号的结尾"
@@ -106,7 +126,7 @@ def test_long_sentence_is_split_at_commas_then_spaces_then_hard() -> None:
     assert [len(c.text) for c in chunk_document([Page(None, solid)], max_size=30, overlap=0)] == [30, 30, 10]
 
 
-def test_overlap_repeats_trailing_sentences() -> None:
+def test_overlap_repeats_trailing_sentences(greedy: None) -> None:
     text = "甲甲甲。乙乙乙。丙丙丙。丁丁丁。戊戊戊。"  # five 4-character sentences
     chunks = chunk_document([Page(None, text)], max_size=12, overlap=8)
     assert [c.text for c in chunks] == [
@@ -139,7 +159,7 @@ def test_page_spans() -> None:
         assert doc_text[chunk.char_start : chunk.char_end].strip() == chunk.text
 
 
-def test_custom_length_function() -> None:
+def test_custom_length_function(greedy: None) -> None:
     def tokens(text: str) -> int:  # a crude tokenizer: one token per word or CJK character
         return sum(1 if word.isascii() else len(word) for word in text.split())
 

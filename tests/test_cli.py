@@ -31,10 +31,12 @@ def test_ingest_reports_bad_files_and_goes_on(tmp_path):
     (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
     (docs / "gbk.txt").write_bytes("第一条 数据处理者应当履行安全保护义务。".encode("gbk"))
     code, out = cli("-w", tmp_path / "ws", "ingest", docs)
-    assert code == 0
+    assert code == 1  # the good files are in, but the batch is partial: a script must be able to tell
     assert "files failed" in out and "empty.txt" in out and "blob.txt" in out and "broken.pdf" in out
-    code, out = cli("-w", tmp_path / "ws", "ingest", docs)  # again: nothing new
-    assert "documents already ingested" in out
+    flat = " ".join(out.split())
+    assert f"3 of {len(ZH) + 4} files failed" in flat and "run the same command again" in flat and "--allow-partial" in flat
+    code, out = cli("-w", tmp_path / "ws", "ingest", docs, "--allow-partial")  # again: nothing new, and accepted
+    assert code == 0 and "documents already ingested" in out and "broken.pdf" in out
     code, out = cli("-w", tmp_path / "ws", "status")
     assert f"{len(ZH) + 1} documents" in out
 
@@ -122,3 +124,86 @@ def test_ingest_says_what_it_skipped_and_run_errors_keep_their_chunk(tmp_path, m
         code, out = cli("-w", tmp_path / "ws", "run", "--base-url", server.base_url, "--api-key-env", "FAKE_MOONSHOT_KEY")
     flat = " ".join(out.split())
     assert "content_filter" in flat and "[chunk " in flat and "doc001.txt #0)]" in flat  # rich kept the brackets
+
+
+def test_reader_library_warnings_are_counted_not_printed_raw(tmp_path, monkeypatch):
+    """What a reader's library says (pypdf logs, Python warnings) is a counted warning of its file."""
+    import logging
+    import warnings
+
+    from annotate import ingest as ingest_module
+
+    real = ingest_module.read_file_report
+
+    def noisy(path, **kw):  # says what pypdf says on a damaged PDF, the way pypdf says it
+        if path.name == "doc001.txt":
+            for _ in range(3):
+                logging.getLogger("pypdf._reader").warning("Ignoring wrong pointing object %d 0 (offset 0)", 6)
+            warnings.warn("odd glyph widths", UserWarning, stacklevel=1)
+        return real(path, **kw)
+
+    monkeypatch.setattr(ingest_module, "read_file_report", noisy)
+    docs = write_docs(tmp_path / "docs")
+    handlers = list(logging.getLogger().handlers)
+    code, out = cli("-w", tmp_path / "ws", "ingest", docs)
+    flat = " ".join(out.split())
+    assert code == 0 and "warnings │ 2" in flat
+    where = docs / "doc001.txt"
+    assert f"warning {where}: pypdf warning: Ignoring wrong pointing object 6 0 (offset 0) (3 times)" in flat
+    assert f"warning {where}: UserWarning: odd glyph widths" in flat
+    assert flat.count("Ignoring wrong pointing object") == 1 and flat.count("odd glyph widths") == 1  # none raw
+    assert logging.getLogger().handlers == handlers  # the root logger got its own back
+
+
+def test_identical_rows_in_two_files_are_two_documents_each_with_its_fields(tmp_path, monkeypatch):
+    from distillery.store import Store
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    row = {"text": ZH[0]}
+    (docs / "a.jsonl").write_text(json.dumps(row | {"id": "a1", "year": 2023}) + "\n" + json.dumps(row | {"id": "a2"}) + "\n",
+                                  encoding="utf-8")
+    (docs / "b.jsonl").write_text(json.dumps(row | {"id": "b1", "year": 2024}) + "\n", encoding="utf-8")
+    code, out = cli("-w", tmp_path / "ws", "ingest", docs)
+    assert code == 0
+    with Store.open(tmp_path / "ws") as store:
+        documents = {d.path: d.meta for d in store.documents()}
+    assert documents == {f"{docs}/a.jsonl#L1": {"id": "a1", "year": 2023}, f"{docs}/a.jsonl#L2": {"id": "a2"},
+                         f"{docs}/b.jsonl#L1": {"id": "b1", "year": 2024}}
+    monkeypatch.chdir(docs)  # the same files named from another folder: still the same documents
+    code, out = cli("-w", tmp_path / "ws", "ingest", ".")
+    assert code == 0 and "documents already ingested │ 3" in " ".join(out.split())
+
+
+def test_dry_run_leaves_status_as_it_was(tmp_path):
+    ws = tmp_path / "ws"
+    cli("-w", ws, "ingest", write_docs(tmp_path / "docs"))
+    with FakeMoonshot(api_key=KEY) as server:
+        teacher = ["--base-url", server.base_url, "--api-key-env", "CLI_KEY"]
+        _, before = cli("-w", ws, "status")
+        code, out = cli("-w", ws, "run", *teacher, "--task", "qa", "--dry-run", env={"CLI_KEY": KEY})
+        assert code == 0 and f"{len(ZH)} records to do" in out
+        assert cli("-w", ws, "status")[1] == before and "0 records" in before
+        code, _ = cli("-w", ws, "run", *teacher, "--limit", "2", env={"CLI_KEY": KEY})
+        assert code == 0
+        _, before = cli("-w", ws, "status")
+        code, out = cli("-w", ws, "run", *teacher, "--retry", "ok", "--dry-run", env={"CLI_KEY": KEY})
+        assert code == 0 and f"{len(ZH)} records to do" in out  # 2 to redo, 2 never done
+        assert cli("-w", ws, "status")[1] == before  # the ok records were not reset to pending
+        assert len(server.chat_hashes()) == 2
+
+
+def test_distill_run_stops_before_the_teacher_when_a_document_failed(tmp_path):
+    from distillery.cli import main as distill
+    from distillery.store import Store
+
+    docs = write_docs(tmp_path / "docs", ZH[:2])
+    (docs / "cut.txt.gz").write_bytes(b"\x1f\x8b\x08\x00 cut off")
+    (tmp_path / "p.yaml").write_text("annotate:\n  documents: docs\n  task: relevance\n", encoding="utf-8")
+    ws = tmp_path / "ws"
+    result = CliRunner().invoke(distill, ["run", str(tmp_path / "p.yaml"), "-w", str(ws)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1 and "step annotate failed: 1 of 3 files failed" in flat
+    assert "annotate.allow_partial: true" in flat and "cut.txt.gz: not a readable gzip file" in flat
+    with Store.open(ws) as store:  # the readable documents are in; no record was planned, nothing asked
+        assert store.totals()["documents"] == 2 and store.totals()["annotations"] == 0

@@ -167,7 +167,8 @@ def test_html_drops_scripts_and_keeps_blocks(tmp_path: Path) -> None:
     path = tmp_path / "page.html"
     path.write_text(html, encoding="utf-8")
     [doc] = read_file(path)
-    assert doc.text == "Main heading\nFirst bold paragraph.\n第二段。\n换行之后。\none\ntwo\na b"
+    # Structure survives as light Markdown (issue #15): heading, paragraphs, list items, a pipe table.
+    assert doc.text == "# Main heading\n\nFirst bold paragraph.\n\n第二段。\n换行之后。\n\n- one\n- two\n\n| a | b |\n| --- | --- |"
     assert doc.meta == {"title": "新闻 标题"}
     assert doc.kind == "html"
 

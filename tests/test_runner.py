@@ -292,3 +292,29 @@ def test_timeouts_are_counted_and_the_summary_says_what_to_change(tmp_path, monk
     assert result.exit_code == 0, flat
     assert "sent again after a timeout (may be charged twice) │ 1" in flat
     assert "raise --timeout, keep --stream on" in flat
+
+
+def test_a_dry_run_estimate_writes_nothing_and_counts_what_plan_would(tmp_path, key):
+    store = ingested_store(tmp_path)
+    task, qa = load_task("relevance"), load_task("qa")
+    answers = task.spec.contract.max_reasks + 1
+    with FakeMoonshot(api_key=key) as server:
+        config = openai_config(server.base_url, concurrency=1)
+        server.inject(*["bad-format"] * answers)  # the first record never keeps the format: invalid
+        run(store, task, config, limit=2)
+    assert sorted(a.status for _, a in store.annotations()) == ["invalid", "ok"]
+
+    def snapshot():
+        return [a.model_dump() for _, a in store.annotations()], store.totals()
+
+    before = snapshot()
+    est = runner.estimate(store, task, config, retry=("invalid",))
+    assert snapshot() == before  # nothing planned, nothing reset to pending
+    assert est.pending == est.records == 1 + len(ZH) - 2  # the invalid record and the chunks never planned
+    assert est.prompt_tokens > 0 and est.cost > 0
+    qa_est = runner.estimate(store, qa, config)
+    assert qa_est.pending == len(ZH) and qa_est.records == len(ZH) * (1 + qa.spec.max_questions)
+    assert "fan-out" in qa_est.note and snapshot() == before and store.task(qa.hash) is None
+    # What the dry run said is what planning does: then the same job, read from the stored records.
+    assert runner.plan(store, task, config, retry=("invalid",)) == est.pending
+    assert runner.estimate(store, task, config) == est

@@ -117,5 +117,5 @@ def test_the_serve_image_carries_only_the_core_and_serve() -> None:
     assert '".[serve]"' in installs and "llamafactory" not in installs
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     serve_deps = " ".join(project["dependencies"] + project["optional-dependencies"]["serve"])
-    for other in ("pypdf", "python-docx", "openpyxl", "datasketch", "llamafactory"):
+    for other in ("pypdfium2", "python-docx", "openpyxl", "datasketch", "llamafactory"):
         assert other not in serve_deps, f"{other} would be installed into the serve image"

@@ -110,7 +110,8 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):
     try:
         Store.open(tmp_path)
     except DistilleryError as exc:
-        assert "upgrading the store to schema version 3 failed" in str(exc) and "at version 2" in str(exc)
+        current = len(broken) - 1
+        assert f"upgrading the store to schema version {current + 1} failed" in str(exc) and f"at version {current}" in str(exc)
     else:
         raise AssertionError("the broken migration did not fail")
     monkeypatch.undo()
