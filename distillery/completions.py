@@ -38,6 +38,27 @@ def chat_completion(
     }
 
 
+def chat_completion_chunk(
+    *,
+    id: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any] | None,
+    finish_reason: str | None = None,
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """One streamed `chat.completion.chunk`: a delta of the single choice, or (delta None) the
+    closing usage chunk OpenAI sends when `stream_options.include_usage` is set."""
+    chunk: dict[str, Any] = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model}
+    if delta is None:
+        chunk["choices"] = []
+    else:
+        chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+    if usage is not None:
+        chunk["usage"] = usage | {"total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+    return chunk
+
+
 def model_list(ids: Iterable[str], owned_by: str) -> dict[str, Any]:
     """The body of `GET /v1/models`."""
     return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": owned_by} for m in ids]}

@@ -21,7 +21,7 @@ import uuid
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from distillery.runtime import ModelRuntime
+from distillery.runtime import Generation, ModelRuntime
 
 from . import chatrest, openai_api
 from .config import ServeConfig, load_config
@@ -58,6 +58,7 @@ def create_app(config: ServeConfig | None = None, *, runtime: ModelRuntime | Non
     app.json.ensure_ascii = False  # type: ignore[attr-defined]  # Chinese stays readable in the body
     app.json.sort_keys = False  # type: ignore[attr-defined]  # the envelope keeps the order apps know
     app.extensions["distillery"] = service
+    app.extensions["distillery.observe_stream"] = lambda gen, error: _stream_ended(gen, error, metrics)
     app.register_blueprint(chatrest.blueprint(service))
     app.register_blueprint(openai_api.blueprint(service))
 
@@ -144,6 +145,22 @@ def create_app(config: ServeConfig | None = None, *, runtime: ModelRuntime | Non
     log.info("serving POST %s and POST /v1/chat/completions; API key %s", chatrest.PATH,
              f"required (from ${config.api_key_env})" if api_key else f"not required (${config.api_key_env} is empty)")
     return app
+
+
+def _stream_ended(gen: Generation | None, error: str | None, metrics: Metrics) -> None:
+    """A streamed answer's own log line and token metrics: the request's line was written when
+    its first byte went out, before anything was generated."""
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    fields = [f"rid={g.rid}", "stream ended", f"ms={(time.monotonic() - g.started) * 1000:.1f}"]
+    if gen is not None:
+        metrics.observe_generation(endpoint, gen.prompt_tokens, gen.completion_tokens, gen.finish_reason)
+        fields += [f"prompt_tokens={gen.prompt_tokens}", f"completion_tokens={gen.completion_tokens}",
+                   f"finish={gen.finish_reason}"]
+    else:
+        fields.append("finish=cancelled" if error is None else "finish=error")
+    if error:
+        fields.append(f"error={json.dumps(error, ensure_ascii=False)}")
+    log.info(" ".join(fields))
 
 
 def _authorized(api_key: str) -> bool:

@@ -2,22 +2,27 @@
 so apps can use the OpenAI SDK: `OpenAI(base_url="http://host:8000/v1", api_key=...)`.
 
 `stop` is honoured whatever tokens spell it (`"stop": ["####"]` is the early exit here too).
-Not supported, and refused with a 400 rather than silently ignored: `stream`, `n` > 1.
+`stream: true` streams server-sent events as OpenAI's API does (usage in a last chunk when
+`stream_options.include_usage` is set) in front of an upstream engine (`serve --upstream`);
+the in-process runtime answers whole, so there it is refused with a 400, as `n` > 1 is.
 Sampling fields other than temperature/top_p/seed (penalties, logit_bias...) are ignored.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
 from typing import Any, Literal
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
-from distillery.completions import chat_completion, model_list
+from distillery.completions import chat_completion, chat_completion_chunk, model_list
 
 from .edge import ApiError, json_type, parse, read_json_object
 from .service import ModelService
-from .upstream import UpstreamService
+from .upstream import UpstreamService, UpstreamStream
 
 PREFIX = "/v1/"
 _EXAMPLE = '{"model": "distillery", "messages": [{"role": "user", "content": "..."}]}'
@@ -50,6 +55,11 @@ class Message(BaseModel):
                          f"not {json_type(value)}")
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: StrictBool = False
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: StrictStr | None = None  # any name is accepted: this server has one model
@@ -62,6 +72,7 @@ class ChatCompletionRequest(BaseModel):
     seed: StrictInt | None = None
     n: StrictInt = 1
     stream: StrictBool = False
+    stream_options: StreamOptions | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -82,12 +93,6 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("only n=1 is supported")
         return value
 
-    @field_validator("stream")
-    @classmethod
-    def _no_stream(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("streaming is not supported; send stream=false (the default)")
-        return value
 
 
 def blueprint(service: ModelService | UpstreamService) -> Blueprint:
@@ -100,6 +105,13 @@ def blueprint(service: ModelService | UpstreamService) -> Blueprint:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in req.messages]
         config = service.generation_config(max_new_tokens=req.max_completion_tokens or req.max_tokens,
                                            temperature=req.temperature, top_p=req.top_p, stop=req.stop, seed=req.seed)
+        if req.stream:
+            if not isinstance(service, UpstreamService):
+                raise ApiError(400, "'stream': streaming is served in front of an upstream engine (serve --upstream); "
+                                    "this server's in-process model answers whole: send stream=false (the default)")
+            service.count_prompt_tokens(messages)
+            return _streamed(service.stream(messages, config, started=g.started, rid=g.rid), model_name,
+                             include_usage=bool(req.stream_options and req.stream_options.include_usage))
         service.count_prompt_tokens(messages)
         gen = service.generate(messages, config, started=g.started, rid=g.rid)
         g.generation = gen
@@ -110,6 +122,37 @@ def blueprint(service: ModelService | UpstreamService) -> Blueprint:
         if gen.note:
             body["note"] = gen.note
         return jsonify(body)
+
+    def _streamed(upstream: UpstreamStream, model: str, *, include_usage: bool) -> Response:
+        rid, created = f"chatcmpl-{g.rid}", int(time.time())
+        observe = current_app.extensions["distillery.observe_stream"]
+
+        def event(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+            chunk = chat_completion_chunk(id=rid, model=model, created=created, delta=delta, finish_reason=finish,
+                                          usage=usage)
+            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+        def events() -> Iterator[str]:
+            error = None
+            try:
+                yield event({"role": "assistant", "content": ""})
+                for piece in upstream:
+                    yield event({"content": piece})
+                gen = upstream.generation
+                assert gen is not None
+                yield event({}, gen.finish_reason)
+                if include_usage:
+                    yield event(None, usage={"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens})
+                yield "data: [DONE]\n\n"
+            except ApiError as err:  # the status line is sent: the SDK raises on an error event
+                error = err.message
+                yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind}}, ensure_ascii=False)}\n\n"
+            finally:  # also when the caller disconnects (GeneratorExit): the upstream stops too
+                upstream.close()
+                observe(upstream.generation, error)
+
+        return Response(stream_with_context(events()), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @bp.get("/v1/models")
     def models() -> Response:

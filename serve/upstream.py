@@ -11,13 +11,15 @@ An upstream that ignores `stop` still gives a conclusion only: the answer is cut
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 
-from distillery.accounting import estimate_prompt_tokens
+from distillery.accounting import estimate_prompt_tokens, estimate_tokens
 from distillery.runtime import Generation, GenerationConfig
 
 from .config import ServeConfig
@@ -117,17 +119,23 @@ class UpstreamService:
                                 f"{self.max_prompt_tokens}", kind="context_length_exceeded")
         return n
 
-    def generate(self, messages: list[dict], config: GenerationConfig, *, started: float, rid: str) -> Generation:
+    def _body(self, messages: list[dict], config: GenerationConfig) -> dict[str, object]:
         body: dict[str, object] = {"model": self.model, "messages": messages, "max_tokens": config.max_new_tokens,
                                    "temperature": config.temperature, "top_p": config.top_p}
         if config.stop:
             body["stop"] = config.stop
         if config.seed is not None:
             body["seed"] = config.seed
+        return body
+
+    def _send(self, body: dict[str, object], *, started: float, rid: str, stream: bool) -> httpx.Response:
+        """The upstream's response to one chat request (its head only, when streamed), or the
+        ApiError that says why there is none."""
         left = self.config.timeout_s - (time.monotonic() - started)
+        request = self._client.build_request("POST", f"{self.url}/chat/completions", json=body,
+                                             headers={"X-Request-ID": rid}, timeout=max(0.1, left))
         try:
-            response = self._client.post(f"{self.url}/chat/completions", json=body,
-                                         headers={"X-Request-ID": rid}, timeout=max(0.1, left))
+            response = self._client.send(request, stream=stream)
         except httpx.TimeoutException:
             raise ApiError(504, f"the upstream gave no answer within {self.config.timeout_s:g} s; retry later",
                            kind="timeout") from None
@@ -136,7 +144,23 @@ class UpstreamService:
             raise ApiError(503, f"the upstream {self.url} cannot be reached ({type(exc).__name__}); retry shortly",
                            kind="server_not_ready", headers={"Retry-After": "5"}) from None
         if response.status_code != 200:
+            try:
+                response.read()
+            finally:
+                response.close()
             raise _upstream_error(response)
+        return response
+
+    def stream(self, messages: list[dict], config: GenerationConfig, *, started: float, rid: str) -> UpstreamStream:
+        """The answer as it is generated upstream. Errors before the first byte raise here (a normal
+        error envelope); after it, iterating raises them (the route sends them as an SSE error)."""
+        body = self._body(messages, config) | {"stream": True, "stream_options": {"include_usage": True}}
+        response = self._send(body, started=started, rid=rid, stream=True)
+        return UpstreamStream(response, config.stop, messages, deadline=started + self.config.timeout_s,
+                              timeout_s=self.config.timeout_s)
+
+    def generate(self, messages: list[dict], config: GenerationConfig, *, started: float, rid: str) -> Generation:
+        response = self._send(self._body(messages, config), started=started, rid=rid, stream=False)
         try:
             data = response.json()
             choice = data["choices"][0]
@@ -156,7 +180,92 @@ class UpstreamService:
                 break
         return Generation(text=text, finish_reason=finish, stop_string=stop_string, note=note,
                           prompt_tokens=int(usage.get("prompt_tokens") or estimate_prompt_tokens(messages)),
-                          completion_tokens=int(usage.get("completion_tokens") or 0))
+                          completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(text)))
+
+
+class UpstreamStream:
+    """Text deltas of one streamed upstream answer, cut at the first stop string even when the
+    upstream ignores `stop` (a delta that may be the start of one is held back until it is known).
+    Closing it (the caller went away, or the stop string came) closes the upstream connection,
+    which is how an OpenAI-compatible engine learns to stop generating. `generation` has the
+    totals once the iteration ends."""
+
+    def __init__(self, response: httpx.Response, stops: list[str], messages: list[dict], *, deadline: float,
+                 timeout_s: float) -> None:
+        self._response = response
+        self._stops = stops
+        self._messages = messages
+        self._deadline, self._timeout_s = deadline, timeout_s
+        self.generation: Generation | None = None
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __iter__(self) -> Iterator[str]:
+        held, sent = "", []
+        finish, usage, note, stop_string = "stop", {}, None, None
+        try:
+            for payload in self._events():
+                choice = (payload.get("choices") or [{}])[0] if isinstance(payload.get("choices"), list) else {}
+                choice = choice if isinstance(choice, dict) else {}
+                usage = payload.get("usage") or choice.get("usage") or usage  # OpenAI: last chunk; Moonshot: choice
+                if choice.get("finish_reason"):
+                    finish = "length" if choice["finish_reason"] == "length" else "stop"
+                delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+                held += delta.get("content") or ""
+                cut = min(((held.find(s), s) for s in self._stops if s in held), default=None)
+                if cut is not None:  # the upstream ignored `stop`: end here, and say so
+                    held, stop_string, finish = held[: cut[0]], cut[1], "stop"
+                    note = f"the upstream ignored stop {cut[1]!r}: the answer was cut here, after it was generated"
+                    break
+                ready = len(held) - _stop_prefix(held, self._stops)
+                if ready:
+                    sent.append(held[:ready])
+                    yield held[:ready]
+                    held = held[ready:]
+            if held:
+                sent.append(held)
+                yield held
+        finally:
+            self.close()
+        text = "".join(sent)
+        self.generation = Generation(
+            text=text, finish_reason=finish, stop_string=stop_string, note=note,
+            # Some engines (llamafactory-cli api) report no usage in a stream: estimated then.
+            prompt_tokens=int(usage.get("prompt_tokens") or estimate_prompt_tokens(self._messages)),
+            completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(text)))
+
+    def _events(self) -> Iterator[dict]:
+        """The JSON payloads of the upstream's server-sent events, until [DONE]."""
+        try:
+            for line in self._response.iter_lines():
+                if time.monotonic() > self._deadline:
+                    raise ApiError(504, f"the upstream's answer took longer than {self._timeout_s:g} s", kind="timeout")
+                if not line.startswith("data:"):
+                    continue  # comments, keep-alives, event names
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    payload = json.loads(data)
+                except ValueError:
+                    raise ApiError(502, f"the upstream sent a piece that is not JSON: {data[:80]!r}",
+                                   kind="bad_gateway") from None
+                if isinstance(payload, dict) and "error" in payload:
+                    detail = payload["error"]
+                    message = detail.get("message") if isinstance(detail, dict) else detail
+                    raise ApiError(502, f"the upstream failed mid-answer: {message}", kind="bad_gateway")
+                if isinstance(payload, dict):
+                    yield payload
+        except httpx.TimeoutException:
+            raise ApiError(504, f"the upstream went silent mid-answer for {self._timeout_s:g} s", kind="timeout") from None
+        except httpx.HTTPError as exc:
+            raise ApiError(502, f"the upstream's answer broke off ({type(exc).__name__})", kind="bad_gateway") from None
+
+
+def _stop_prefix(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that could be the start of a stop string."""
+    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), default=0)
 
 
 def _upstream_error(response: httpx.Response) -> ApiError:

@@ -232,7 +232,7 @@ def test_bad_requests_get_a_clear_error_in_the_envelope(
         ({"messages": []}, "'messages': List should have at least 1 item"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "'messages[0].role'"),
         ({"messages": [{"role": "user", "content": 5}]}, "'messages[0].content': must be a string"),
-        ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, "streaming is not supported"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, "this server's in-process model answers whole"),
         ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "only n=1"),
         ({"messages": [{"role": "user", "content": "hi"}], "stop": ["", "x"]}, "'stop': must be a non-empty string"),
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}, f"at most {MAX_NEW} new tokens"),

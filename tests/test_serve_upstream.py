@@ -5,6 +5,7 @@ clear envelope (with the Moonshot double, whose faults can be injected)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -104,3 +105,65 @@ def test_upstream_config_is_checked() -> None:
         ServeConfig(upstream="http://vllm:8000/v1", model="/models/x").check()
     with pytest.raises(ConfigError, match="is not an http"):
         ServeConfig(upstream="vllm:8000").check()
+
+
+def _sdk(client: httpx.Client):
+    import openai
+
+    return openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_v1_streams_a_real_engines_answer_to_the_openai_sdk(llamafactory_api: str) -> None:
+    with front(llamafactory_api, generation={"max_new_tokens": 16}) as client:
+        assert client.get("/readyz").status_code == 200
+        chunks = list(_sdk(client).chat.completions.create(
+            model="any", messages=[{"role": "user", "content": "Say hello."}], max_tokens=16, stream=True,
+            stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() and len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # in pieces
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0  # usage last, as OpenAI sends it
+
+
+def test_a_stream_is_cut_at_the_stop_string_an_upstream_ignores() -> None:
+    with FakeMoonshot(api_key=None) as upstream:  # streams "label####reason" in 8-character pieces, whatever `stop`
+        with front(upstream.base_url) as client:
+            chunks = list(_sdk(client).chat.completions.create(
+                model="any", messages=[{"role": "user", "content": "这段文字与个人信息相关吗？"}], stop=["####"],
+                stream=True, stream_options={"include_usage": True}))
+            whole = _sdk(client).chat.completions.create(
+                model="any", messages=[{"role": "user", "content": "这段文字与个人信息相关吗？"}])
+        sent = [r["body"] for r in upstream.requests if r["path"].endswith("/chat/completions")]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content.split("####")[0] and text
+    assert sent[0]["stream"] is True and sent[0]["stop"] == ["####"]
+    assert chunks[-1].usage.prompt_tokens > 0
+
+
+def test_a_stream_that_breaks_upstream_ends_with_an_error_the_sdk_raises() -> None:
+    import openai
+
+    with FakeMoonshot(api_key=None) as upstream:
+        upstream.inject("truncated")  # the upstream dies half way through its answer
+        with front(upstream.base_url) as client:
+            stream = _sdk(client).chat.completions.create(model="any", messages=[{"role": "user", "content": "hi"}],
+                                                          stream=True)
+            with pytest.raises(openai.APIError, match="broke off|failed mid-answer"):
+                list(stream)
+            assert client.get("/readyz").status_code == 200  # one broken answer is not a broken server
+
+
+def test_a_caller_that_goes_away_stops_the_upstream_answer(caplog: pytest.LogCaptureFixture) -> None:
+    with FakeMoonshot(api_key=None, latency_s=3.0) as upstream:  # 3 s spread over the answer's pieces
+        with front(upstream.base_url) as client:
+            started = time.monotonic()
+            with client.stream("POST", "/v1/chat/completions", json={
+                    "messages": [{"role": "user", "content": "这段文字与个人信息相关吗？"}], "stream": True}) as response:
+                assert response.status_code == 200
+                next(response.iter_lines())  # the first event, then hang up
+            deadline = time.monotonic() + 5
+            while "stream ended" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+    assert "finish=cancelled" in caplog.text and time.monotonic() - started < 6
