@@ -165,7 +165,7 @@ class Task:
             fmt.append(words["labels"].format(labels=" | ".join(labels)))
         if step == "questions":
             fmt.append(words["questions"].format(n=self.spec.max_questions))
-        fmt += [words["example"], self._render(parts.output_example, "output_example", **ctx)]
+        fmt += [words["example"], self.output_example(step, **ctx)]
         sections = [words["goal"], self._render(parts.goal, "goal", **ctx)]
         background = self._render(parts.background, "background", **ctx)
         if background:
@@ -174,6 +174,20 @@ class Task:
         if step == "answer":
             sections += [words["question"], question or ""]
         return "\n".join(sections)
+
+    @property
+    def headings(self) -> list[str]:
+        """The headings the teacher prompt is laid out with: an answer that repeats one echoes the prompt."""
+        words = _LAYOUT[self.spec.language]
+        return [words[k].split("\n")[0] for k in ("goal", "background", "format", "example", "source", "question")]
+
+    def output_example(self, step: Step, **ctx: Any) -> str:
+        """The step's output example as the prompt shows it (ctx: the `text` and `question` it may quote)."""
+        parts = self.spec.answer_prompt if step == "answer" else self.spec.prompt
+        assert parts is not None
+        if "{" not in parts.output_example:  # no template syntax: qc asks this for every record
+            return parts.output_example.strip()
+        return self._render(parts.output_example, "output_example", **ctx)
 
     def messages(self, step: Step, text: str, *, question: str | None = None) -> list[Message]:
         """The teacher's messages: system = role, few-shot pairs, then the five-part user message."""

@@ -7,6 +7,7 @@ of the tasks it covers (judge flags only change when the judge runs).
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
@@ -16,10 +17,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from distillery.parsing import ContractError
 from distillery.records import SEPARATOR, Annotation, Flag
 from distillery.store import Store
+from distillery.tasks import Task
 
-from .dedup import find_duplicates
-from .lot import TRAINABLE_STEPS, Context, Contexts, answered
-from .text import language, overlap_share
+from .dedup import ChangedDuringCheck, DuplicateFinder
+from .lot import TRAINABLE_STEPS, Context, Contexts, LotError, answered
+from .text import (
+    decoding_damage,
+    echoed_heading,
+    jaccard,
+    language,
+    most_repeated,
+    normalize,
+    overlap_share,
+    repeated_line,
+    self_repetition,
+    shingles,
+)
 
 FLAG_KINDS: dict[str, str] = {
     "contract": "the answer breaks the conclusion####reasoning contract",
@@ -30,6 +43,9 @@ FLAG_KINDS: dict[str, str] = {
     "language": "the answer is not in the source's language",
     "grounding": "the reasoning shares little with its source text",
     "refusal": "the answer contains a refusal phrase",
+    "mojibake": "decoding damage: U+FFFD, mojibake (UTF-8 read as GBK or Latin-1), control or private-use characters",
+    "repetition": "the same line or phrase over and over (filler, a looping model)",
+    "echo": "the answer echoes the prompt: its headings, or the task's output example copied",
     "duplicate_answer": "exact or near duplicate of another answer",
     "duplicate_question": "exact or near duplicate of another QA question",
     "judge_low": "the LLM judge scored it below the keep threshold",
@@ -43,6 +59,8 @@ DEFAULT_REFUSALS = (
     "as an ai", "as a language model",
 )  # fmt: skip
 MIN_GROUNDING_TOKENS = 4  # fewer content tokens than this: too little text to judge grounding
+REPETITION_WINDOW = 10  # characters per stretch when measuring how much an answer repeats itself
+MIN_EXAMPLE_CHARS = 8  # a shorter example reasoning ("是") is no evidence of copying
 
 
 class CheckConfig(BaseModel):
@@ -50,9 +68,13 @@ class CheckConfig(BaseModel):
     min_reasoning_chars: int = Field(8, ge=0)
     max_answer_chars: int = Field(2000, ge=1)
     min_grounding: float = Field(0.2, ge=0, le=1)  # share of the reasoning's words found in the source
-    near_duplicate: float = Field(0.8, gt=0, le=1)  # Jaccard of character shingles
+    # Jaccard of character shingles. 0.6: a 5% character edit scores 0.66-0.90, unrelated answers on
+    # one topic at most 0.29 (qc/README.md has the measured table: bench/qc_near_duplicates.py).
+    near_duplicate: float = Field(0.6, gt=0, le=1)
     shingle: int = Field(3, ge=1, le=10)  # characters per shingle
     refusal_phrases: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS))
+    max_repetition: float = Field(0.3, gt=0, le=1)  # share of an answer part's 10-character stretches seen before in it
+    max_line_repeats: int = Field(3, ge=2)  # a line this many times is filler
 
 
 class CheckSummary(BaseModel):
@@ -104,16 +126,82 @@ def check_record(ctx: Context, config: CheckConfig) -> list[Flag]:
     hits = [p for p in config.refusal_phrases if unicodedata.normalize("NFKC", p).casefold() in answer]
     if hits:
         flags.append(_flag(ann, "refusal", f"contains '{hits[0]}'"))
+    if damage := decoding_damage(f"{conclusion}\n{reasoning}"):
+        source = decoding_damage(ctx.chunk.text)
+        flags.append(_flag(ann, "mojibake", damage + ("; the source has it too: re-ingest it" if source else "")))
+    if repeated := _repetition(conclusion, reasoning, config):
+        flags.append(_flag(ann, "repetition", repeated))
+    if echo := _echo(task, ctx, conclusion, reasoning, config):
+        flags.append(_flag(ann, "echo", echo))
     return flags
 
 
-def duplicate_flags(texts: dict[tuple[str, str], list[tuple[str, str]]], contexts: Contexts,
-                    config: CheckConfig) -> list[Flag]:
-    """Duplicates among {(flag kind, task): [(record id, text), ...]}, each list in record order."""
+def _repetition(conclusion: str, reasoning: str, config: CheckConfig) -> str | None:
+    line = repeated_line(f"{conclusion}\n{reasoning}")
+    if line and line[1] >= config.max_line_repeats:
+        return f"the line '{line[0][:40]}' appears {line[1]} times"
+    # Each part on its own: a reasoning may rightly quote its conclusion.
+    for part, text in (("reasoning", reasoning), ("conclusion", conclusion)):
+        share = self_repetition(text, window=REPETITION_WINDOW)
+        if share >= config.max_repetition:
+            stretch, n = most_repeated(text, window=REPETITION_WINDOW)
+            return f"{share:.0%} of the {part} repeats itself ('{stretch}' {n} times)"
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _example_reasonings(examples: tuple[str, ...], k: int) -> list[tuple[str, str, set[str]]]:
+    """(reasoning, normalized, shingles) of each example answer long enough to tell a copy by."""
+    out = []
+    for example in examples:
+        reasoning = example.split(SEPARATOR, 1)[-1].strip()
+        if len(norm := normalize(reasoning)) >= MIN_EXAMPLE_CHARS:
+            out.append((reasoning, norm, shingles(reasoning, k)))
+    return out
+
+
+def _echo(task: Task, ctx: Context, conclusion: str, reasoning: str, config: CheckConfig) -> str | None:
+    """The prompt's own headings in the answer, or the task's output example (or a few-shot
+    answer) copied into the reasoning: the teacher repeated its prompt instead of answering."""
+    if heading := echoed_heading(f"{conclusion}\n{reasoning}", task.headings):
+        return f"repeats the prompt's heading '{heading}'"
+    ann = ctx.annotation
+    shown = task.output_example(ann.step, text=ctx.chunk.text, question=ann.input)
+    examples = _example_reasonings((shown, *(ex.answer for ex in task.spec.examples)), config.shingle)
+    if not examples:
+        return None
+    norm = normalize(reasoning)
+    for example, example_norm, example_shingles in examples:
+        if example_norm in norm:
+            return f"copies the task's example answer '{example[:30]}'"
+        # A retouched copy keeps the example's opening or closing words; only then is it measured.
+        anchors = example_norm[:MIN_EXAMPLE_CHARS], example_norm[-MIN_EXAMPLE_CHARS:]
+        if any(a in norm for a in anchors) and (score := jaccard(shingles(reasoning, config.shingle),
+                                                                 example_shingles)) >= config.near_duplicate:
+            return f"is a near copy (Jaccard {score:.2f}) of the task's example answer '{example[:30]}'"
+    return None
+
+
+# What each duplicate search compares, and which records it covers.
+_DUPLICATE_TEXT: dict[str, Callable[[Annotation], str | None]] = {
+    "duplicate_answer": lambda ann: f"{ann.conclusion} {ann.reasoning or ''}",
+    "duplicate_question": lambda ann: ann.input if ann.step == "answer" and ann.input else None,
+}
+
+
+def duplicate_flags(store: Store, finders: dict[tuple[str, str], DuplicateFinder], contexts: Contexts) -> list[Flag]:
+    """Resolve each (flag kind, task) search, its records read again in the order they were added."""
     flags: list[Flag] = []
-    for (kind, _), items in texts.items():
+    for (kind, task_name), finder in finders.items():
         what = "answer" if kind == "duplicate_answer" else "question"
-        for dup in find_duplicates(items, threshold=config.near_duplicate, k=config.shingle):
+        text_of = _DUPLICATE_TEXT[kind]
+        again = ((ann.id, text) for ann in answered(store, [task_name]) if (text := text_of(ann)) is not None)
+        try:
+            found = finder.resolve(again)
+        except ChangedDuringCheck as exc:
+            raise LotError(f"{exc}: records changed while they were checked (is an annotate job running?); "
+                           "run distill-qc check again") from exc
+        for dup in found:
             kept = contexts.by_id(dup.of)
             how = "an exact duplicate" if dup.exact else f"a near duplicate (Jaccard {dup.jaccard:.2f})"
             flags.append(Flag(annotation_id=dup.key, kind=kind, related_id=dup.of, score=dup.jaccard,
@@ -131,28 +219,30 @@ def run_checks(
 ) -> CheckSummary:
     """Check every answered record of the tasks and store the flags (replacing the last run's).
 
-    Records stream through once; only their ids and texts are kept for the duplicate search.
+    Records stream through once for the rules; the duplicate search keeps a few dozen bytes per
+    record from that pass and reads the records once more to confirm its candidates.
     """
     statuses = ("ok", "invalid")
     total = store.annotation_count(task_names=task_names, steps=TRAINABLE_STEPS, statuses=statuses)
     contexts = Contexts(store)
     flags: list[Flag] = []
-    texts: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    finders: dict[tuple[str, str], DuplicateFinder] = {}
     checked = lot = 0
     for ann in answered(store, task_names, statuses):
         flags += check_record(contexts.of(ann), config)
         checked += 1
         if ann.status == "ok":
             lot += 1
-            texts.setdefault(("duplicate_answer", ann.task_name), []).append(
-                (ann.id, f"{ann.conclusion} {ann.reasoning or ''}"))
-            if ann.step == "answer" and ann.input:
-                texts.setdefault(("duplicate_question", ann.task_name), []).append((ann.id, ann.input))
+            for kind, text_of in _DUPLICATE_TEXT.items():
+                if (text := text_of(ann)) is not None:
+                    if (kind, ann.task_name) not in finders:
+                        finders[kind, ann.task_name] = DuplicateFinder(threshold=config.near_duplicate, k=config.shingle)
+                    finders[kind, ann.task_name].add(text)
         if on_progress and (checked % 200 == 0 or checked == total):
             on_progress(checked, total)
     if on_phase:
         on_phase("finding duplicates")
-    flags += duplicate_flags(texts, contexts, config)
+    flags += duplicate_flags(store, finders, contexts)
     store.replace_flags(flags, task_names=task_names, kinds=RULE_KINDS)
     stored = store.flags(task_names=task_names)  # judge flags from earlier runs count too
     all_flags = [f for fs in stored.values() for f in fs]

@@ -143,7 +143,8 @@ def main(ctx: click.Context, workspace: Path) -> None:
 @click.option("--max-answer", default=2000, show_default=True, help="Flag answers longer than this (characters).")
 @click.option("--min-grounding", default=0.2, show_default=True,
               help="Flag reasoning when less than this share of its words occur in the source.")
-@click.option("--near", default=0.8, show_default=True, help="Near-duplicate threshold (Jaccard of character shingles).")
+@click.option("--near", default=checks.CheckConfig().near_duplicate, show_default=True,
+              help="Near-duplicate threshold (Jaccard of character shingles; qc/README.md says why 0.6).")
 @click.option("--shingle", default=3, show_default=True, help="Characters per shingle for near-duplicates.")
 @click.option("--refusal", "refusals", multiple=True, help="Another refusal phrase to flag (repeatable).")
 @click.option("--judge", "use_judge", is_flag=True, help="Also score every record 1-10 with an LLM judge (costs calls).")
@@ -160,10 +161,11 @@ def check_cmd(ctx: click.Context, tasks: tuple[str, ...], min_reasoning: int, ma
     """Run the automatic checks over every answered record and store the flags.
 
     Per record: the conclusion####reasoning contract, the label set, empty/short/long answers,
-    the answer's language against the source's, grounding of the reasoning in the source, and
-    refusal phrases. Across records: exact and near-duplicate answers and QA questions. With
-    --judge, an LLM scores each record 1-10 (the score is stored). Nothing is deleted: flagged
-    records stay out of the export unless a reviewer approves them. Safe to re-run.
+    the answer's language against the source's, grounding of the reasoning in the source, refusal
+    phrases, decoding damage (U+FFFD, mojibake), repeated lines or looping, and the prompt's
+    headings or output example echoed back. Across records: exact and near-duplicate answers and
+    QA questions. With --judge, an LLM scores each record 1-10 (the score is stored). Nothing is
+    deleted: flagged records stay out of the export unless a reviewer approves them. Safe to re-run.
     """
     try:
         config = checks.CheckConfig(min_reasoning_chars=min_reasoning, max_answer_chars=max_answer,

@@ -12,9 +12,11 @@ A lot the sample rejects (or has not decided) is not exported unless forced.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel
 
 from distillery.errors import DistilleryError
@@ -117,40 +119,74 @@ def export_approved(
             raise ExportRefused(why)
         summary.overridden = why
         tasks, every = task_names, outcomes(store.reviews())
-    usable = {a.id: a for a in answered(store, tasks)}  # read once: the lot and the rescued come from here
-    lot = store.sample_lot(sample.id) if sample is not None and sample.id is not None else list(usable)
-    in_lot = set(lot)
-    approved_elsewhere = sorted(aid for aid, o in every.items() if aid not in in_lot and o.verdict != "reject"
-                                and aid in usable)  # reviewed in the tasks' lots only
-    summary.not_in_lot = sum(1 for aid in usable if aid not in in_lot and aid not in every)
+    # Two passes, so that memory holds a sort key per exported record, not the records: the first
+    # decides what goes out and in which order, the second reads those records again and writes them.
+    lot = _Membership(store.sample_lot(sample.id)) if sample is not None and sample.id is not None else None
     flags = store.flags(task_names=tasks)
     contexts = Contexts(store)
-    examples: list[tuple[tuple[str, int, int, str], TrainingExample, Outcome | None]] = []
-    candidates = [*lot, *approved_elsewhere]
-    for i, aid in enumerate(candidates, 1):
-        if on_progress and (i % 500 == 0 or i == len(candidates)):
-            on_progress(i, len(candidates))
-        outcome = every.get(aid)
-        ann = usable.get(aid)
-        if ann is None or ann.conclusion is None:  # re-annotated since the sample: no longer `ok`
-            summary.gone += 1
+    paths: dict[str, int] = {}  # document path -> number, ranked by path after the pass
+    keys: list[tuple[int, int, int, str]] = []  # (path number, chunk seq, item index, id) per exported record
+    lot_usable = 0
+    for ann in answered(store, tasks):
+        outcome = every.get(ann.id)
+        in_lot = lot is None or ann.id in lot
+        lot_usable += in_lot
+        if not in_lot and (outcome is None or outcome.verdict == "reject"):  # outside the lot: only the approved
+            summary.not_in_lot += outcome is None
+            continue
+        if ann.conclusion is None:  # a usable record always has one; counted as gone below
+            lot_usable -= in_lot
             continue
         if outcome is not None and outcome.verdict == "reject":
             summary.rejected += 1
             continue
-        if outcome is None and aid in flags:
+        if outcome is None and ann.id in flags:
             summary.flagged += 1
             continue
         summary.by_review += outcome is not None
         summary.with_lot += outcome is None
-        summary.outside_lot += aid not in in_lot
+        summary.outside_lot += not in_lot
         ctx = contexts.of(ann)
-        order = (ctx.document.path, ctx.chunk.seq, ann.item_index, ann.id)
-        examples.append((order, _example(ctx, outcome), outcome))
-    examples.sort(key=lambda row: row[0])  # document order: readable, and stable across runs
-    pairs = [_pair(ex, o) for _, ex, o in examples if o is not None and o.verdict == "fix"]
-    write_jsonl(out, (ex for _, ex, _ in examples))
+        keys.append((paths.setdefault(ctx.document.path, len(paths)), ctx.chunk.seq, ann.item_index, ann.id))
+    summary.gone = (len(lot) if lot is not None else lot_usable) - lot_usable  # re-annotated since the sample: no longer `ok`
+    rank = {number: r for r, (_, number) in enumerate(sorted(paths.items()))}
+    keys.sort(key=lambda k: (rank[k[0]], k[1], k[2], k[3]))  # document order: readable, and stable across runs
+    pairs: list[PreferencePair] = []
+
+    def examples() -> Iterator[TrainingExample]:
+        for n, (_, _, _, aid) in enumerate(keys, 1):
+            if on_progress and (n % 5000 == 0 or n == len(keys)):
+                on_progress(n, len(keys))
+            ann = store.annotation(aid)
+            if ann is None or ann.conclusion is None:
+                raise ExportRefused(f"record {aid} changed while exporting: run distill-qc export again")
+            outcome = every.get(aid)
+            example = _example(contexts.of(ann), outcome)
+            if outcome is not None and outcome.verdict == "fix":
+                pairs.append(_pair(example, outcome))
+            summary.corrected += example.corrected
+            yield example
+
+    summary.examples = write_jsonl(out, examples())
     write_jsonl(pairs_out, pairs)
-    summary.examples, summary.pairs = len(examples), len(pairs)
-    summary.corrected = sum(ex.corrected for _, ex, _ in examples)
+    summary.pairs = len(pairs)
     return summary
+
+
+class _Membership:
+    """Whether a record id is in a lot of up to millions, in 8 bytes an id (a sorted array of hashes)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self._hashes = np.sort(np.fromiter((_hash64(i) for i in ids), dtype=np.uint64, count=len(ids)))
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def __contains__(self, record_id: str) -> bool:
+        h = np.uint64(_hash64(record_id))
+        at = int(np.searchsorted(self._hashes, h))
+        return at < len(self._hashes) and self._hashes[at] == h
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")

@@ -13,8 +13,11 @@ from annotate.runner import annotation_id
 from distillery.records import Annotation, Chunk, Document
 from distillery.store import Store
 from distillery.tasks import load_task
+from qc.checks import CheckConfig
+from qc.text import jaccard, shingles
 
 MODEL = "moonshot-v1-8k"
+_NEAR = CheckConfig().near_duplicate
 
 _SUBJECTS = ["个人信息处理者", "网络运营者", "数据出境方", "关键信息基础设施运营者", "平台经营者", "医疗机构", "金融机构",
              "教育机构", "应用程序开发者", "快递企业", "物业公司", "招聘平台"]
@@ -27,6 +30,15 @@ _DEPTS = ["行政部", "工会", "人力资源部", "市场部", "研发中心",
 _EVENTS = ["篮球赛", "读书会", "登山活动", "消防演练", "年终联欢会", "羽毛球比赛", "摄影展", "志愿者活动", "健康讲座"]
 _PLACES = ["体育馆", "三楼会议室", "员工食堂", "园区广场", "图书馆", "报告厅"]
 _DAYS = ["周一", "周三", "周五", "周六上午", "下月初", "本周日"]
+# Off-topic answers in several wordings: one template with a slot changed is a near duplicate.
+_OFF_REASONS = ["文本是{dept}{day}在{place}举办{event}的通知，与个人信息保护无关。",
+                "这是{dept}关于{event}的安排：{day}，{place}。与个人信息保护无关。",
+                "{event}将由{dept}{day}在{place}举行，此类活动通知与个人信息保护无关。",
+                "通知只说明了{event}的时间（{day}）和地点（{place}），主办方是{dept}，与个人信息保护无关。"]
+_REASONS = ["文本是{dept}{day}在{place}举办{event}的通知，与个人信息保护无关。",
+                "这是一则活动通知：{event}由{dept}组织，{day}在{place}进行，不涉及个人信息。",
+                "{dept}请大家{day}到{place}参加{event}；内容与数据安全和隐私保护没有关系。",
+                "通知只说明了{event}的时间（{day}）和地点（{place}），主办方是{dept}，与主题无关。"]
 _REASONS = ["第{n}条要求{s}{a}，{d}，属于个人信息保护义务。", "文本规定{s}须{a}（第{n}条），{d}，与数据安全直接相关。",
             "依据第{n}条，{s}负有{a}的义务，{d}。"]
 
@@ -47,18 +59,28 @@ def relevant_answers(n: int, *, seed: int = 7, docs: int = 4) -> list[Answer]:
     off = list(itertools.product(_DEPTS, _EVENTS, _PLACES))
     rng.shuffle(on)
     rng.shuffle(off)
-    out = []
+    out: list[Answer] = []
+    seen: list[set[str]] = []  # the answers' shingles, to keep out near duplicates
     for i in range(n):
-        if rng.random() < 0.7:
-            t, subject, action, detail = on.pop()
-            text = f"第{i + 1}条 {subject}应当{action}，{detail}。"
-            reasoning = _REASONS[t].format(n=i + 1, s=subject, a=action, d=detail)
-            out.append(Answer(text=text, conclusion="相关", reasoning=reasoning, doc=f"doc{i % docs}"))
-        else:
-            (dept, event, place), day = off.pop(), rng.choice(_DAYS)
-            text = f"{dept}将于{day}在{place}举办{event}，请各位同事准时参加。"
-            out.append(Answer(text=text, conclusion="不相关", reasoning=f"文本是{dept}{day}在{place}举办{event}的通知，与个人信息保护无关。",
-                              doc=f"doc{i % docs}"))
+        relevant, day = rng.random() < 0.7, None
+        if not relevant:
+            day = rng.choice(_DAYS)
+        while True:  # the next combination of this label that is no near duplicate of an earlier answer
+            if relevant:
+                t, subject, action, detail = on.pop()
+                text = f"第{i + 1}条 {subject}应当{action}，{detail}。"
+                answer = Answer(text=text, conclusion="相关", reasoning=_REASONS[t].format(n=i + 1, s=subject, a=action, d=detail),
+                                doc=f"doc{i % docs}")
+            else:
+                (dept, event, place), wording = off.pop(), _OFF_REASONS[len(off) % len(_OFF_REASONS)]
+                text = f"{dept}将于{day}在{place}举办{event}，请各位同事准时参加。"
+                answer = Answer(text=text, conclusion="不相关", doc=f"doc{i % docs}",
+                                reasoning=wording.format(dept=dept, day=day, place=place, event=event))
+            own = shingles(f"{answer.conclusion} {answer.reasoning}", 3)
+            if all(jaccard(own, other) < _NEAR for other in seen):
+                break
+        seen.append(own)
+        out.append(answer)
     return out
 
 
