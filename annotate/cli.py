@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from distillery import near_dup
 from distillery.config import parse_sets
 from distillery.errors import ConfigError, DistilleryError
 from distillery.jsonl import read_jsonl, write_jsonl
@@ -53,11 +54,15 @@ def main(ctx: click.Context, workspace: Path) -> None:
 @click.option("--unit", type=click.Choice(["chars", "tokens"]), default="chars", show_default=True)
 @click.option("--tokenizer", help="Model dir whose tokenizer counts tokens (default: the embedded model).")
 @click.option("--text-field", default="text", show_default=True, help="Field/column holding the text in .jsonl/.csv.")
+@click.option("--near-duplicate", type=click.FloatRange(near_dup.MIN_THRESHOLD, 1.0), default=near_dup.DEFAULT_THRESHOLD,
+              show_default=True, help="A chunk this similar to a stored one (Jaccard of 5-character shingles, whitespace "
+                                      f"aside, and no passage of over {near_dup.MAX_EDIT} characters changed) is linked to it "
+                                      "and not sent to the teacher; 1.0: only the same text.")
 @click.option("--allow-partial", is_flag=True, help="Exit 0 even when some files failed (they are still listed).")
 @click.pass_context
 def ingest_cmd(ctx: click.Context, paths: tuple[Path, ...], max_size: int, overlap: int, unit: str,
-               tokenizer: str | None, text_field: str, allow_partial: bool) -> None:
-    config = ChunkingConfig(max_size=max_size, overlap=overlap, unit=unit, tokenizer=tokenizer)
+               tokenizer: str | None, text_field: str, near_duplicate: float, allow_partial: bool) -> None:
+    config = ChunkingConfig(max_size=max_size, overlap=overlap, unit=unit, tokenizer=tokenizer, near_duplicate=near_duplicate)
     with _store(ctx) as store:
         report = ingest_with_status(store, paths, config, text_field=text_field)
     if not allow_partial:
@@ -71,7 +76,10 @@ def ingest_with_status(store: Store, paths: Iterable[Path], config: ChunkingConf
     table = Table(title="ingest", show_header=False)
     for label, value in (("files read", report.files), ("documents new", report.documents_new),
                          ("documents already ingested", report.documents_seen), ("chunks new", report.chunks_new),
-                         ("of which text already stored (annotated once)", f"{report.chunks_duplicate} ({report.chars_duplicate:,} chars)"),
+                         ("  the same text as a stored chunk (linked, not sent)",
+                          f"{report.chunks_exact_duplicate} ({report.chars_exact_duplicate:,} chars)"),
+                         (f"  nearly the same, similarity >= {config.near_duplicate:g} (linked, not sent)",
+                          f"{report.chunks_near_duplicate} ({report.chars_near_duplicate:,} chars)"),
                          ("files failed", len(report.failures)), ("warnings", len(report.warnings))):
         table.add_row(label, str(value))
     console.print(table)
@@ -154,6 +162,7 @@ def run_cmd(ctx: click.Context, task_name: str | None, config_path: Path | None,
             est = runner.estimate(store, task, config, limit=limit, shard=_parse_shard(shard), retry=retry_states)
             _announce_job(task, config, est.pending)
             _print_estimate(est)
+            console.print(_linked_line(store))
             return
         pending = plan_job(store, task, config, limit=limit, shard=_parse_shard(shard), retry=retry_states)
         run_planned_job(store, task, config, pending)  # a stop or a missing key: one line, via CommandGroup
@@ -271,8 +280,16 @@ def status_cmd(ctx: click.Context) -> None:
         totals = store.totals()
         console.print(f"workspace {ctx.obj['workspace']}: {totals['documents']} documents, {totals['chunks']} chunks, "
                       f"{totals['annotations']} records, {totals['calls']} teacher calls, spent {store.spent():.4f}")
+        console.print(_linked_line(store))
         for name in store.task_names():
             _print_summary(store, name, None)
+
+
+def _linked_line(store: Store) -> str:
+    linked = store.duplicate_chunks()
+    return (f"chunks linked to a stored chunk, never sent to the teacher: {linked.exact + linked.near} "
+            f"({linked.exact} the same text, {linked.exact_chars:,} chars; {linked.near} nearly the same, "
+            f"{linked.near_chars:,} chars)")
 
 
 @main.command("export")

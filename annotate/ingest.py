@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from distillery import near_dup
 from distillery.errors import DistilleryError
 from distillery.records import Chunk, Document
 from distillery.store import Store
@@ -23,12 +24,21 @@ from .archives import ZipArchive, is_zip
 from .chunking import chunk_document, chunk_id
 from .readers import ReadError, SourceDoc, UnpackLimits, iter_files, read_file_report
 
+# Documents are stored this many chunks a transaction: a commit writes every page it touched, and the
+# near-duplicate index's inserts land on random pages, so per-document commits would write each
+# such page once a document. A stopped ingest loses at most this much work: running it again skips
+# what is stored.
+CHUNKS_PER_COMMIT = 1000
+
 
 class ChunkingConfig(BaseModel):
     max_size: int = Field(800, ge=16)
     overlap: int = Field(80, ge=0)
     unit: Literal["chars", "tokens"] = "chars"
     tokenizer: str | None = None  # model dir whose tokenizer measures "tokens"; None => embedded model
+    # A chunk this similar to a stored one (Jaccard of 5-character shingles, and no passage of over
+    # near_dup.MAX_EDIT characters changed) is linked to it and not annotated; 1.0: the same text only.
+    near_duplicate: float = Field(near_dup.DEFAULT_THRESHOLD, ge=near_dup.MIN_THRESHOLD, le=1.0)
 
 
 class FileFailure(BaseModel):
@@ -45,8 +55,11 @@ class IngestReport(BaseModel):
     documents_new: int = 0
     documents_seen: int = 0  # already in the store from an earlier ingest
     chunks_new: int = 0
-    chunks_duplicate: int = 0  # of those, text already stored: linked to it, never sent again
-    chars_duplicate: int = 0
+    # Of those, linked to a stored chunk and never sent: the same text, or nearly (near_duplicate).
+    chunks_exact_duplicate: int = 0
+    chars_exact_duplicate: int = 0
+    chunks_near_duplicate: int = 0
+    chars_near_duplicate: int = 0
     failures: list[FileFailure] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
@@ -134,8 +147,23 @@ def ingest(
     limits = limits or UnpackLimits()
     length = length_function(config)
     report = IngestReport()
+    pending: dict[str, tuple[Document, list[Chunk]]] = {}  # read, not yet stored
+    pending_chunks = 0
+
+    def store_pending() -> None:
+        nonlocal pending_chunks
+        report.chunks_new += store.add_documents(list(pending.values()), near_duplicate=config.near_duplicate)
+        linked = store.duplicate_chunks(pending.keys())
+        report.chunks_exact_duplicate += linked.exact
+        report.chars_exact_duplicate += linked.exact_chars
+        report.chunks_near_duplicate += linked.near
+        report.chars_near_duplicate += linked.near_chars
+        report.documents_new += len(pending)
+        pending.clear()
+        pending_chunks = 0
 
     def add(path: Path, read: Read) -> None:
+        nonlocal pending_chunks
         report.files += 1
         if on_file:
             on_file(path)
@@ -153,16 +181,15 @@ def ingest(
         report.warnings += notes
         for source in sources:
             doc, chunks = to_records(source, config, length)
-            if store.document(doc.id) is not None:
+            if doc.id in pending or store.document(doc.id) is not None:
                 # Stored with its chunks in one transaction: chunking it again (say with another
                 # max_size) would add a second set of chunks of the same text to pay for.
                 report.documents_seen += 1
                 continue
-            report.chunks_new += store.add_document(doc, chunks)
-            linked, chars = store.duplicate_chunks(doc.id)
-            report.chunks_duplicate += linked
-            report.chars_duplicate += chars
-            report.documents_new += 1
+            pending[doc.id] = doc, chunks
+            pending_chunks += len(chunks)
+            if pending_chunks >= CHUNKS_PER_COMMIT:
+                store_pending()
 
     for path in iter_files(paths, skipped=report.warnings):
         if not is_zip(path):
@@ -178,6 +205,8 @@ def ingest(
             report.warnings += archive.skipped
             for member in archive.members:
                 add(member.path, partial(archive.read, member, text_field=text_field))
+    if pending:
+        store_pending()
     return report
 
 

@@ -12,7 +12,8 @@ The `annotate:` section of the project config:
                                # {policy: mask|block|allow, patterns: {kind: regex}, names: [...]}
     gold_labels: null          # file,label CSV of the author's labels: the report says how often
                                # the teacher was right
-    chunking: {max_size: 800, overlap: 80}
+    chunking: {max_size: 800, overlap: 80, near_duplicate: 0.9}   # near_duplicate: a chunk this similar
+                               # to a stored one is linked to it, not annotated (1.0: the same text only)
     allow_partial: false       # true: go on when some documents cannot be read (they are listed);
                                # false: the step stops before the teacher is paid for a partial set
 """
@@ -116,7 +117,7 @@ def run(ctx: RunContext, settings: AnnotateSettings) -> StepResult:
     ws, job = ctx.workspace, settings.job
     chunking = settings.chunking
     ctx.command("annotate", "ingest", settings.documents, "--max-size", str(chunking.max_size),
-                "--overlap", str(chunking.overlap), "--unit", chunking.unit,
+                "--overlap", str(chunking.overlap), "--unit", chunking.unit, "--near-duplicate", str(chunking.near_duplicate),
                 *(["--allow-partial"] if settings.allow_partial else []))
     job_file = ws.root / "annotate-job.yaml"  # the effective job config, so the command below is exact
     job_file.parent.mkdir(parents=True, exist_ok=True)

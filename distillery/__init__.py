@@ -4,6 +4,7 @@ this package imports no stage (`distillery.stages` finds them through entry poin
     workspace      the workspace directory's layout: the store file, exports, datasets, runs, reports
     store          the one SQLite store (schema versions + forward migrations); the only module with SQL
     records        the typed rows every stage exchanges (Document, Chunk, Annotation, Call, Review, ...)
+    near_dup       which stored chunk a new one nearly repeats (linked, not paid for again); minhash its numpy math
     errors         DistilleryError, the root of every error a user can meet; ConfigError
     config         YAML + dotted overrides + `--set key=value`, one semantics for every config
     jsonl          typed JSONL reads naming the bad line; writes that land whole or not at all

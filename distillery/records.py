@@ -56,7 +56,8 @@ class Chunk(BaseModel):
     size: int  # in the unit the chunker measured (chars or tokens)
     created_at: str = Field(default_factory=utcnow)
     text_key: str | None = None  # text_key(text); None on chunks stored before keys existed
-    duplicate_of: str | None = None  # the first stored chunk with the same text: it is annotated, not this one
+    duplicate_of: str | None = None  # the stored chunk with the same text, or nearly: it is annotated, not this one
+    duplicate_similarity: float | None = None  # Jaccard of their shingles (distillery.near_dup); 1.0: the same text
 
 
 def text_key(text: str) -> str:

@@ -14,14 +14,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
+from . import near_dup
 from .errors import DistilleryError
+from .near_dup import NewChunk, Placement
 from .records import (
     Annotation,
     Call,
@@ -43,6 +45,15 @@ from .workspace import Workspace
 class Claim(NamedTuple):
     outcome: Literal["claimed", "answered", "held"]
     call: Call | None  # the stored answer ("answered") or the holder's row ("held")
+
+
+class Duplicates(NamedTuple):
+    """Chunks linked to a stored chunk instead of being annotated, and their characters."""
+
+    exact: int  # the same text (whitespace aside)
+    exact_chars: int
+    near: int  # nearly the same text (near_dup: Jaccard at or above the ingest's threshold)
+    near_chars: int
 
 
 class StoreError(DistilleryError):
@@ -139,13 +150,20 @@ CREATE TABLE IF NOT EXISTS privacy_placeholders (
 ) WITHOUT ROWID;
 """
 
-# Version 4: chunk-level dedup. A chunk whose text (records.text_key) is already stored links to
-# the first chunk with that text and is never sent to the teacher; keys of older chunks are filled
-# in when the store is opened (Store._key_old_chunks).
+# Version 4: chunk-level dedup. A chunk whose text (records.text_key) is already stored, or nearly
+# (distillery.near_dup), links to that chunk and is never sent to the teacher. chunk_bands is the
+# persistent LSH index of the chunks that can be linked to: each band key's first few members, with
+# their signatures, so a new chunk's candidates are read by key and screened without a join. Older
+# chunks are keyed and indexed when the store is opened (Store._key_old_chunks).
 SCHEMA_V4 = """
 ALTER TABLE chunks ADD COLUMN text_key TEXT;
 ALTER TABLE chunks ADD COLUMN duplicate_of TEXT REFERENCES chunks(id);
+ALTER TABLE chunks ADD COLUMN duplicate_similarity REAL;  -- Jaccard with duplicate_of; 1.0: the same text
 CREATE INDEX IF NOT EXISTS chunks_text_key ON chunks(text_key);
+CREATE TABLE IF NOT EXISTS chunk_bands (
+    band_key INTEGER NOT NULL, chunk_id TEXT NOT NULL REFERENCES chunks(id), signature BLOB NOT NULL,
+    PRIMARY KEY (band_key, chunk_id)
+) WITHOUT ROWID;
 """
 
 # MIGRATIONS[i] takes a store from version i to i + 1. Append; never edit a released one.
@@ -235,13 +253,37 @@ class Store:
             self._key_old_chunks()
 
     def _key_old_chunks(self) -> None:
-        """Chunks stored before version 4 get their text keys and duplicate links, oldest first."""
+        """Chunks stored before version 4 get their text keys, signatures and duplicate links, oldest
+        first, near duplicates at the default threshold: as if ingested again in their order."""
         with self.transaction() as db:
-            rows = db.execute("SELECT id, text FROM chunks WHERE text_key IS NULL ORDER BY rowid").fetchall()
-            for row in rows:
-                key = text_key(row["text"])
-                db.execute("UPDATE chunks SET text_key = ?, duplicate_of = ? WHERE id = ?",
-                           (key, self._first_with_key(db, key, row["id"]), row["id"]))
+            while rows := db.execute("SELECT id, text FROM chunks WHERE text_key IS NULL ORDER BY rowid LIMIT 1000").fetchall():
+                batch = [NewChunk(row["id"], row["text"], text_key(row["text"])) for row in rows]
+                placements = self._place(db, batch, near_dup.DEFAULT_THRESHOLD)
+                db.executemany("UPDATE chunks SET text_key = ?, duplicate_of = ?, duplicate_similarity = ? WHERE id = ?",
+                               ((c.text_key, p.duplicate_of, p.similarity, c.id) for c, p in zip(batch, placements)))
+                self._index(db, zip((c.id for c in batch), placements))
+
+    @staticmethod
+    def _place(db: sqlite3.Connection, chunks: list[NewChunk], threshold: float) -> list[Placement]:
+        """near_dup.place over this store: what each chunk duplicates, in order."""
+        def buckets(keys: Collection[int]) -> list[tuple[int, str, bytes]]:
+            rows = db.cursor()
+            rows.row_factory = None  # plain tuples: hundreds of rows per document
+            return rows.execute("SELECT band_key, chunk_id, signature FROM chunk_bands"
+                                " WHERE band_key IN (SELECT value FROM json_each(?))", (json.dumps(list(keys)),)).fetchall()
+
+        def texts(ids: Collection[str]) -> dict[str, str]:
+            rows = db.execute("SELECT id, text FROM chunks WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(list(ids)),))
+            return {row["id"]: row["text"] for row in rows}
+
+        same_text = Store._first_with_keys(db, [c.text_key for c in chunks])
+        return near_dup.place(chunks, threshold=threshold, same_text=same_text, buckets=buckets, texts=texts)
+
+    @staticmethod
+    def _index(db: sqlite3.Connection, placed: Iterable[tuple[str, Placement]]) -> None:
+        """Add chunks to the band index, under the band keys they were placed with."""
+        db.executemany("INSERT OR IGNORE INTO chunk_bands (band_key, chunk_id, signature) VALUES (?, ?, ?)",
+                       ((key, chunk_id, p.signature) for chunk_id, p in placed for key in p.bands))
 
     @staticmethod
     def _first_with_keys(db: sqlite3.Connection, keys: list[str]) -> dict[str, str]:
@@ -252,14 +294,6 @@ class Store:
             (json.dumps(keys),),
         )
         return {row["text_key"]: row["id"] for row in rows}  # in descending order, so the first one wins
-
-    @staticmethod
-    def _first_with_key(db: sqlite3.Connection, key: str, chunk_id: str) -> str | None:
-        row = db.execute(
-            "SELECT id FROM chunks WHERE text_key = ? AND duplicate_of IS NULL AND id != ? ORDER BY rowid LIMIT 1",
-            (key, chunk_id),
-        ).fetchone()
-        return row["id"] if row else None
 
     def _migrate_to(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -312,19 +346,29 @@ class Store:
 
     # -- documents and chunks -------------------------------------------------------------
 
-    def add_document(self, doc: Document, chunks: list[Chunk]) -> int:
+    def add_document(self, doc: Document, chunks: list[Chunk], *, near_duplicate: float = near_dup.DEFAULT_THRESHOLD) -> int:
         """Store a document with its chunks in one transaction; returns chunks newly added."""
+        return self.add_documents([(doc, chunks)], near_duplicate=near_duplicate)
+
+    def add_documents(self, docs: Sequence[tuple[Document, list[Chunk]]], *,
+                      near_duplicate: float = near_dup.DEFAULT_THRESHOLD) -> int:
+        """Store documents with their chunks in one transaction; returns chunks newly added. A chunk
+        whose text is that of a stored or earlier chunk, or nearly (shingle Jaccard at or above
+        `near_duplicate`; 1.0: the same text only), is linked to it and will not be annotated.
+        (Many documents a transaction: the band index's inserts land on random pages, and a commit
+        writes each page it touched once.)"""
         with self.transaction() as db:
-            db.execute(_insert_sql("documents", Document.model_fields), _columns(doc))
-            added = 0
-            keys = [chunk.text_key or text_key(chunk.text) for chunk in chunks]
-            first = self._first_with_keys(db, keys)  # one query per document, not one per chunk
-            for chunk, key in zip(chunks, keys):
-                row = _columns(chunk) | {"shard_key": int(chunk.id[:8], 16), "text_key": key}
-                row["duplicate_of"] = first.get(key) if first.get(key) != chunk.id else None
-                added += db.execute(_insert_sql("chunks", row), row).rowcount
-                first.setdefault(key, chunk.id)  # a text repeated within this document
-        return added
+            db.executemany(_insert_sql("documents", Document.model_fields), (_columns(doc) for doc, _ in docs))
+            chunks = [chunk for _, doc_chunks in docs for chunk in doc_chunks]
+            new = [NewChunk(chunk.id, chunk.text, chunk.text_key or text_key(chunk.text)) for chunk in chunks]
+            added: list[tuple[str, Placement]] = []
+            for chunk, key, placed in zip(chunks, new, self._place(db, new, near_duplicate)):
+                row = _columns(chunk) | {"shard_key": int(chunk.id[:8], 16), "text_key": key.text_key,
+                                         "duplicate_of": placed.duplicate_of, "duplicate_similarity": placed.similarity}
+                if db.execute(_insert_sql("chunks", row), row).rowcount:
+                    added.append((chunk.id, placed))
+            self._index(db, added)
+        return len(added)
 
     def document(self, document_id: str) -> Document | None:
         row = self.db.execute("SELECT * FROM documents WHERE id = ?", (document_id,)).fetchone()
@@ -334,14 +378,17 @@ class Store:
         for row in self.db.execute("SELECT * FROM documents ORDER BY path"):
             yield _row_to(Document, row)
 
-    def duplicate_chunks(self, document_id: str | None = None) -> tuple[int, int]:
-        """(chunks, characters) that repeat text stored before them: linked, not annotated again."""
-        sql = "SELECT COUNT(*), COALESCE(SUM(LENGTH(text)), 0) FROM chunks WHERE duplicate_of IS NOT NULL"
+    def duplicate_chunks(self, document_ids: Collection[str] | None = None) -> Duplicates:
+        """Chunks (of these documents) that repeat text stored before them, exactly or nearly: linked,
+        not annotated again."""
+        sql = ("SELECT c.text_key = t.text_key AS exact, COUNT(*) AS n, SUM(LENGTH(c.text)) AS chars FROM chunks c"
+               " JOIN chunks t ON t.id = c.duplicate_of")
         args: tuple[str, ...] = ()
-        if document_id is not None:
-            sql, args = sql + " AND document_id = ?", (document_id,)
-        count, chars = self.db.execute(sql, args).fetchone()
-        return count, chars
+        if document_ids is not None:
+            sql += " WHERE c.document_id IN (SELECT value FROM json_each(?))"
+            args = (json.dumps(list(document_ids)),)
+        found = {row["exact"]: (row["n"], row["chars"]) for row in self.db.execute(sql + " GROUP BY exact", args)}
+        return Duplicates(*found.get(1, (0, 0)), *found.get(0, (0, 0)))
 
     def chunk(self, chunk_id: str) -> Chunk | None:
         row = self.db.execute("SELECT * FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
