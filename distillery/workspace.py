@@ -4,6 +4,7 @@ its layout; every stage asks here for its paths.
     <workspace>/distillery.db                    the store (documents, chunks, answers, verdicts)
     <workspace>/exports/approved.jsonl           qc's approved records (TrainingExample)
     <workspace>/exports/preference_pairs.jsonl   qc's corrections as DPO pairs (PreferencePair)
+    <workspace>/exports/rejected.jsonl           records reviewers rejected (TrainingExample), for KTO
     <workspace>/qc/                              review spreadsheets
     <workspace>/reports/                         qc's HTML reports
     <workspace>/finetune/data/                   LLaMA-Factory dataset files + manifest.json
@@ -53,6 +54,10 @@ class Workspace:
     @property
     def preferences(self) -> Path:
         return self.exports / "preference_pairs.jsonl"
+
+    @property
+    def rejected(self) -> Path:
+        return self.exports / "rejected.jsonl"
 
     @property
     def review_sheets(self) -> Path:

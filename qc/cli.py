@@ -375,7 +375,8 @@ def report_cmd(ctx: click.Context, sample_name: str | None, html_path: Path | No
 @click.pass_context
 def export_cmd(ctx: click.Context, sample_name: str | None, tasks: tuple[str, ...], out_path: Path | None,
                pairs_path: Path | None, force: bool) -> None:
-    """Write the approved records (corrections applied) and the fixes as DPO preference pairs.
+    """Write the approved records (corrections applied), the fixes as DPO preference pairs and the
+    rejected records (exports/rejected.jsonl, the undesirable examples of KTO).
 
     Refuses when the sample rejected the lot or has not decided it yet, saying why, unless --force.
     """
@@ -389,7 +390,8 @@ def export_cmd(ctx: click.Context, sample_name: str | None, tasks: tuple[str, ..
         with _progress("exporting") as update:
             summary = export_approved(store, sample=sample, task_names=names, force=force,
                                       out=out_path or workspace.approved,
-                                      pairs_out=pairs_path or workspace.preferences, on_progress=update)
+                                      pairs_out=pairs_path or workspace.preferences, rejected_out=workspace.rejected,
+                                      on_progress=update)
     if summary.overridden:
         console.print(f"[yellow]exported with --force despite:[/yellow] {summary.overridden}")
     table = Table(title="export", show_header=False)
@@ -403,4 +405,4 @@ def export_cmd(ctx: click.Context, sample_name: str | None, tasks: tuple[str, ..
                          ("preference pairs", summary.pairs)):
         table.add_row(label, str(value))
     out.print(table)
-    out.print(f"examples: {summary.path}\npairs:    {summary.pairs_path}")
+    out.print(f"examples: {summary.path}\npairs:    {summary.pairs_path}\nrejected: {summary.rejected_path}")

@@ -7,6 +7,8 @@ Which records go out:
 - plus records outside the lot that a reviewer approved (accepted or fixed) one by one;
 - a fixed record goes out corrected, and its fix becomes a DPO pair (chosen = the correction,
   rejected = the teacher's original).
+Records a reviewer rejected go to a file of their own when asked (`rejected_out`): the teacher's
+answer as it was, the undesirable examples of KTO (finetune prepare --also kto).
 A lot the sample rejects (or has not decided) is not exported unless forced.
 """
 
@@ -21,7 +23,7 @@ from pydantic import BaseModel
 
 from distillery.errors import DistilleryError
 from distillery.jsonl import write_jsonl
-from distillery.records import SEPARATOR, PreferencePair, Sample, TrainingExample
+from distillery.records import SEPARATOR, Annotation, PreferencePair, Sample, TrainingExample
 from distillery.store import Store
 
 from .lot import Context, Contexts, answered
@@ -48,6 +50,7 @@ class ExportSummary(BaseModel):
     overridden: str | None = None  # the refusal --force overrode
     path: str = ""
     pairs_path: str = ""
+    rejected_path: str = ""  # where the rejected records went, when asked for
 
 
 def _example(ctx: Context, outcome: Outcome | None) -> TrainingExample:
@@ -98,11 +101,13 @@ def export_approved(
     task_names: list[str],
     out: Path,
     pairs_out: Path,
+    rejected_out: Path | None = None,
     force: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ExportSummary:
-    """Write the approved records and preference pairs; refuses (ExportRefused) unless the lot passed."""
-    summary = ExportSummary(path=str(out), pairs_path=str(pairs_out))
+    """Write the approved records and preference pairs (and, with `rejected_out`, the records a
+    reviewer rejected); refuses (ExportRefused) unless the lot passed."""
+    summary = ExportSummary(path=str(out), pairs_path=str(pairs_out), rejected_path=str(rejected_out or ""))
     if sample is not None:
         decision, every = sample_decision(store, sample)
         summary.decision = decision.headline
@@ -126,18 +131,27 @@ def export_approved(
     contexts = Contexts(store)
     paths: dict[str, int] = {}  # document path -> number, ranked by path after the pass
     keys: list[tuple[int, int, int, str]] = []  # (path number, chunk seq, item index, id) per exported record
+    rejected_keys: list[tuple[int, int, int, str]] = []  # the same, per rejected record (with rejected_out)
+
+    def key(ann: Annotation) -> tuple[int, int, int, str]:
+        ctx = contexts.of(ann)
+        return paths.setdefault(ctx.document.path, len(paths)), ctx.chunk.seq, ann.item_index, ann.id
+
     lot_usable = 0
     for ann in answered(store, tasks):
         outcome = every.get(ann.id)
         in_lot = lot is None or ann.id in lot
         lot_usable += in_lot
-        if not in_lot and (outcome is None or outcome.verdict == "reject"):  # outside the lot: only the approved
+        rejected = outcome is not None and outcome.verdict == "reject"
+        if rejected and rejected_out is not None and ann.conclusion is not None:
+            rejected_keys.append(key(ann))
+        if not in_lot and (outcome is None or rejected):  # outside the lot: only the approved
             summary.not_in_lot += outcome is None
             continue
         if ann.conclusion is None:  # a usable record always has one; counted as gone below
             lot_usable -= in_lot
             continue
-        if outcome is not None and outcome.verdict == "reject":
+        if rejected:
             summary.rejected += 1
             continue
         if outcome is None and ann.id in flags:
@@ -146,14 +160,14 @@ def export_approved(
         summary.by_review += outcome is not None
         summary.with_lot += outcome is None
         summary.outside_lot += not in_lot
-        ctx = contexts.of(ann)
-        keys.append((paths.setdefault(ctx.document.path, len(paths)), ctx.chunk.seq, ann.item_index, ann.id))
+        keys.append(key(ann))
     summary.gone = (len(lot) if lot is not None else lot_usable) - lot_usable  # re-annotated since the sample: no longer `ok`
     rank = {number: r for r, (_, number) in enumerate(sorted(paths.items()))}
-    keys.sort(key=lambda k: (rank[k[0]], k[1], k[2], k[3]))  # document order: readable, and stable across runs
+    for found in (keys, rejected_keys):
+        found.sort(key=lambda k: (rank[k[0]], k[1], k[2], k[3]))  # document order: readable, and stable across runs
     pairs: list[PreferencePair] = []
 
-    def examples() -> Iterator[TrainingExample]:
+    def examples(keys: list[tuple[int, int, int, str]]) -> Iterator[TrainingExample]:
         for n, (_, _, _, aid) in enumerate(keys, 1):
             if on_progress and (n % 5000 == 0 or n == len(keys)):
                 on_progress(n, len(keys))
@@ -167,9 +181,11 @@ def export_approved(
             summary.corrected += example.corrected
             yield example
 
-    summary.examples = write_jsonl(out, examples())
+    summary.examples = write_jsonl(out, examples(keys))
     write_jsonl(pairs_out, pairs)
     summary.pairs = len(pairs)
+    if rejected_out is not None:
+        write_jsonl(rejected_out, examples(rejected_keys))  # a rejection is never a fix: no pairs, no corrections
     return summary
 
 

@@ -126,7 +126,7 @@ def run(ctx: RunContext, settings: QCSettings) -> StepResult:
         html = write_html(report, ws.reports / f"qc-{sample.name}.html")
         ctx.command("qc", "export", "-s", sample.name, "-t", task)
         exported = export_approved(store, sample=sample, task_names=[task], force=False, out=ws.approved,
-                                   pairs_out=ws.preferences)
+                                   pairs_out=ws.preferences, rejected_out=ws.rejected)
         reviewers = sorted({r.reviewer for r in store.reviews(sample_id=sample.id)})
         figures = QCFigures(sample=sample.name, sample_size=sample.size, lot_size=sample.lot_size,
                             verdicts=report.verdicts, decision=report.decision.headline,

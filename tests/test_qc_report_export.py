@@ -115,8 +115,12 @@ def test_rejected_or_undecided_lots_refuse_to_export_unless_forced(tmp_path):
     with pytest.raises(ExportRefused, match="Do not train.*draw a new sample.*--force"):
         export_approved(store, **kwargs)
     assert not (ws / "a.jsonl").exists()
-    forced = export_approved(store, force=True, **kwargs)
+    forced = export_approved(store, force=True, rejected_out=ws / "r.jsonl", **kwargs)
     assert forced.rejected == 2 and forced.examples == 118 and "Do not train" in forced.overridden
+    # the two rejected records, as the teacher answered them, for KTO's undesirable side
+    rejected = [TrainingExample.model_validate_json(line) for line in (ws / "r.jsonl").read_text().splitlines()]
+    assert {ex.annotation_id for ex in rejected} == {item.annotation_id for item in store.sample_items(sample.id)[1:3]}
+    assert all(not ex.corrected and ex.output == store.annotation(ex.annotation_id).answer for ex in rejected)
     # through the command line: exit status 1 and the reason
     result = CliRunner().invoke(main, ["-w", str(ws), "export"])
     assert result.exit_code == 1 and "rejection number 2" in result.output and "--force" in result.output
