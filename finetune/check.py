@@ -122,13 +122,12 @@ def check_dataset(
             ) from exc
         tokenizer = tokenizer_module["tokenizer"]
 
-        named = [(split, info, "sft") for split, info in manifest.splits.items()]
-        if manifest.preference is not None:
-            named.append(("preference", manifest.preference, "rm"))  # LLaMA-Factory reads DPO pairs as stage rm
+        named = manifest.datasets()
         problems: list[str] = []
         over: list[OverCutoff] = []
         counts: dict[str, int] = {}
-        for split, info, stage in named:
+        for split, info in named.items():
+            stage = info.stage
             data_args = DataArguments(template=manifest.prompt.template, dataset_dir=str(data_dir),
                                       dataset=info.dataset, cutoff_len=manifest.cutoff_len, overwrite_cache=True)
             template = get_template_and_fix_tokenizer(tokenizer, data_args)
@@ -142,8 +141,9 @@ def check_dataset(
                 raise DatasetError(data_dir, [problem]) from exc
             lengths, dropped = _check_examples(rows, attr, stage, template, tokenizer, data_args, info, problems)
             info.token_lengths = lengths
-            over += [OverCutoff(split=split, id=rows[i].get("id") or f"row {i + 1}", tokens=n)
-                     for i, n in enumerate(lengths) if n > manifest.cutoff_len]
+            if stage != "pt":  # pre-training packs its text into cutoff_len blocks: nothing is cut off
+                over += [OverCutoff(split=split, id=rows[i].get("id") or f"row {i + 1}", tokens=n)
+                         for i, n in enumerate(lengths) if n > manifest.cutoff_len]
             # The authority: the exact call training makes. It must read every row we wrote.
             with contextlib.redirect_stdout(io.StringIO()):  # it prints a tokenized example
                 try:
@@ -162,9 +162,19 @@ def check_dataset(
         raise DatasetError(data_dir, problems)
     manifest.checked = True
     manifest.save(data_dir)
-    all_lengths = [n for _, info, _ in named for n in info.token_lengths]
+    all_lengths = [n for info in named.values() if info.stage != "pt" for n in info.token_lengths]
     return CheckReport(examples=counts, cutoff_len=manifest.cutoff_len, over_cutoff=over,
                        longest=max(all_lengths, default=0))
+
+
+# What each loader stage's processor needs of a row, said when it drops one.
+_NEEDS = {
+    "sft": "one user turn then one assistant answer, as strings",
+    "rm": "a user turn then a chosen and a rejected answer",
+    "kto": "a user turn, one answer and a boolean kto_tag",
+    "ppo": "a user turn",
+    "pt": "a text",
+}
 
 
 def _check_examples(rows: Any, attr: Any, stage: str, template: Any, tokenizer: Any, data_args: Any, info: SplitInfo,
@@ -174,10 +184,17 @@ def _check_examples(rows: Any, attr: Any, stage: str, template: Any, tokenizer: 
     Returns the full token length of every row and whether any row was dropped.
     """
     from llamafactory.data.converter import get_dataset_converter
-    from llamafactory.data.processor import PairwiseDatasetProcessor, SupervisedDatasetProcessor
+    from llamafactory.data.processor import (
+        FeedbackDatasetProcessor,
+        PairwiseDatasetProcessor,
+        PretrainDatasetProcessor,
+        SupervisedDatasetProcessor,
+        UnsupervisedDatasetProcessor,
+    )
 
     convert = get_dataset_converter(attr.formatting, attr, data_args)
-    processor = (PairwiseDatasetProcessor if stage == "rm" else SupervisedDatasetProcessor)(
+    processor = {"sft": SupervisedDatasetProcessor, "rm": PairwiseDatasetProcessor, "kto": FeedbackDatasetProcessor,
+                 "ppo": UnsupervisedDatasetProcessor, "pt": PretrainDatasetProcessor}[stage](
         template=template, tokenizer=tokenizer, processor=None, data_args=data_args)
     produced = "chosen_input_ids" if stage == "rm" else "input_ids"
     lengths: list[int] = []
@@ -190,21 +207,41 @@ def _check_examples(rows: Any, attr: Any, stage: str, template: Any, tokenizer: 
         if not out[produced]:
             dropped = True
             problems.append(f"{name} is dropped by LLaMA-Factory's reader (in {attr.formatting} format it needs "
-                            + ("a user turn then a chosen and a rejected answer" if stage == "rm" else
-                               "one user turn then one assistant answer, as strings") + ")")
+                            f"{_NEEDS[stage]})")
             lengths.append(0)
+            continue
+        if stage == "pt":  # the whole text, untruncated, as it will be packed
+            text = prompt[0]["content"]
+            if not text.strip():
+                problems.append(f"{name} has an empty text")
+            lengths.append(len(tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]))
             continue
         if not prompt[-1]["content"].strip():
             problems.append(f"{name} has an empty prompt (instruction and input are both empty)")
-        problem = _contract_problem(response[0]["content"])  # the answer, or the chosen one of a pair
-        if problem:
-            problems.append(f"{name}: {problem}")
-        if stage == "rm" and not str(response[1]["content"]).strip():
-            problems.append(f"{name}: its rejected answer is empty")
+        # The answers to measure, and whether the first must keep the conclusion####reasoning contract.
+        answers, contract = _answers(stage, response)
+        if contract:
+            problem = _contract_problem(answers[0]["content"])  # the answer, the chosen one, a desirable one
+            if problem:
+                problems.append(f"{name}: {problem}")
+        if stage in ("rm", "kto") and not str(answers[-1]["content"]).strip():
+            problems.append(f"{name}: its {'rejected' if stage == 'rm' else 'undesirable'} answer is empty")
         # Untruncated length: the longest answer after the prompt, as the processors count it.
         longest = 0
-        for answer in response[:2] if stage == "rm" else response[:1]:
+        for answer in answers:
             source, target = template.encode_oneturn(tokenizer, prompt + [answer], aligned["_system"], aligned["_tools"])
             longest = max(longest, len(source) + len(target) + (1 if template.efficient_eos else 0))
         lengths.append(longest)
     return lengths, dropped
+
+
+def _answers(stage: str, response: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """The answers a row trains on, and whether the first is one the model should learn to give."""
+    if stage == "rm":
+        return response[:2], True
+    if stage == "kto":  # LLaMA-Factory's converter: the desirable answer first, else an empty one first
+        desirable = bool(response[0]["content"])
+        return [response[0] if desirable else response[1]], desirable
+    if stage == "ppo":  # a prompt alone: the answer is generated in training
+        return [{"role": "assistant", "content": ""}], False
+    return response[:1], True

@@ -5,8 +5,11 @@
     one assistant turn), system = the prompt the tuned model will be served with.
 
 No document is in two splits: chunks of one document share wording, and a test example whose
-document was trained on measures memory, not skill. QC corrections become a `ranking: true`
-preference dataset for DPO, restricted to training documents for the same reason.
+document was trained on measures memory, not skill. Everything trained on besides the SFT
+training split comes from training documents only, for the same reason: QC corrections become a
+`ranking: true` preference dataset (DPO, ORPO, SimPO, reward models), and on request (`also`)
+reviewers' verdicts become KTO rows, the training prompts a PPO prompt set, the stored chunks
+pre-training text, and everything flat CSV for other trainers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import random
 import shutil
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -26,17 +29,25 @@ from distillery import jsonl
 from distillery.records import SEPARATOR, PreferencePair, TrainingExample
 from distillery.workspace import Workspace
 
+from .budget import model_size
 from .check import CheckReport, DatasetError, check_dataset
+from .config import defaults
+from .flat import write_flat
+from .mixing import Composition, MixOptions, Row, mix
+from .pretrain import document_chunks
+from .rows import Layout, Prompted, dataset_entry, kto_row, pair_row, prompt_row, sft_row, write_rows
 from .workspace import (
     DATASET_PREFIX,
     DEFAULT_SYSTEM,
     SPLITS,
     FinetuneError,
+    LoaderStage,
     Manifest,
     PromptFormat,
     Split,
     SplitInfo,
     TaskLabels,
+    resolve_model,
     write_prompt_file,
 )
 
@@ -44,10 +55,12 @@ M = TypeVar("M", bound=BaseModel)
 # A task whose approved conclusions take at most this many distinct values, each used at least
 # twice on average, is read as a closed label set when its definition cannot be found.
 MAX_INFERRED_LABELS = 20
+# What prepare can write besides the SFT splits and preference pairs (see the module docstring).
+Also = Literal["kto", "ppo", "pt", "csv"]
 
 
 class PrepareOptions(BaseModel):
-    format: Literal["alpaca", "sharegpt"] = "alpaca"
+    format: Layout = "alpaca"
     file_type: Literal["json", "jsonl"] = "json"
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -57,6 +70,8 @@ class PrepareOptions(BaseModel):
     template: str = "qwen"
     model: str  # whose tokenizer counts tokens in the check: the model you will train
     cutoff_len: int = Field(gt=0)
+    also: list[Also] = Field(default_factory=list)
+    mix: MixOptions = Field(default_factory=MixOptions)
 
 
 class PrepareReport(BaseModel):
@@ -64,6 +79,10 @@ class PrepareReport(BaseModel):
     splits: dict[str, SplitInfo]
     preference: SplitInfo | None  # the DPO pairs kept (training documents only)
     preference_excluded: dict[str, int]  # why pairs were left out -> how many
+    extra: dict[str, SplitInfo]  # the datasets asked for with `also`, by kind
+    kto_excluded: dict[str, int]  # why rejected records were left out of KTO -> how many
+    flat: list[str]  # the CSV files written
+    composition: Composition  # the training split, and its tokens against the model's size
     tasks: dict[str, TaskLabels]
     check: CheckReport
 
@@ -180,41 +199,64 @@ def task_labels(examples: list[TrainingExample], workspace: Path | None) -> dict
     return out
 
 
-def _sft_row(ex: TrainingExample, fmt: str, prompt: PromptFormat) -> dict[str, Any]:
-    base = {"id": ex.annotation_id, "task": ex.task_name, "system": prompt.system}
-    if fmt == "alpaca":
-        return base | {"instruction": ex.instruction, "input": ex.input, "output": ex.output}
-    user = prompt.messages(ex.instruction, ex.input)[-1]["content"]
-    return base | {"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": ex.output}]}
+def _training_pairs(path: Path | None, split_of: dict[str, Split]) -> tuple[list[PreferencePair], Counter[str]]:
+    """The QC fixes of training records; a pair from a held-out document would leak it into training."""
+    pairs: list[PreferencePair] = []
+    excluded: Counter[str] = Counter()
+    if path is not None and path.is_file():
+        for _, pair in read_jsonl(path, PreferencePair):
+            where = split_of.get(pair.annotation_id)
+            if where == "train":
+                pairs.append(pair)
+            else:
+                excluded["from validation/test documents" if where else "record not among the approved ones"] += 1
+    return pairs, excluded
 
 
-def _preference_row(pair: PreferencePair, fmt: str, prompt: PromptFormat) -> dict[str, Any]:
-    base = {"id": pair.annotation_id, "system": prompt.system}
-    if fmt == "alpaca":
-        return base | {"instruction": pair.instruction, "input": pair.input, "chosen": pair.chosen,
-                       "rejected": pair.rejected}
-    user = prompt.messages(pair.instruction, pair.input)[-1]["content"]
-    return base | {"conversations": [{"from": "human", "value": user}],
-                   "chosen": {"from": "gpt", "value": pair.chosen},
-                   "rejected": {"from": "gpt", "value": pair.rejected}}
+class _Feedback(BaseModel):
+    """One answer with the reviewers' verdict on it: KTO's row, and the reward CSV's."""
+
+    prompted: Prompted
+    answer: str
+    desirable: bool
+    document_id: str
 
 
-def _dataset_info(file: str, fmt: str, ranking: bool) -> dict[str, Any]:
-    if fmt == "alpaca":
-        answer = {"chosen": "chosen", "rejected": "rejected"} if ranking else {"response": "output"}
-        columns = {"prompt": "instruction", "query": "input", "system": "system"} | answer
-    else:
-        columns = {"messages": "conversations", "system": "system"}
-        columns |= {"chosen": "chosen", "rejected": "rejected"} if ranking else {}
-    info: dict[str, Any] = {"file_name": file, "formatting": fmt, "columns": columns}
-    return info | {"ranking": True} if ranking else info
+def _feedback(train: list[TrainingExample], pairs: list[PreferencePair], rejected: Path | None,
+              held_out: set[str]) -> tuple[list[_Feedback], Counter[str]]:
+    """Approved training answers (desirable), the teacher's answers reviewers fixed or rejected (not)."""
+    doc_of = {ex.annotation_id: ex.document_id for ex in train}
+    out = [_Feedback(prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output, desirable=True,
+                     document_id=ex.document_id) for ex in train]
+    out += [_Feedback(prompted=Prompted(f"{p.annotation_id}#teacher", p.instruction, p.input), answer=p.rejected,
+                      desirable=False, document_id=doc_of[p.annotation_id]) for p in pairs]
+    excluded: Counter[str] = Counter()
+    for _, ex in read_jsonl(rejected, TrainingExample) if rejected is not None and rejected.is_file() else []:
+        if ex.document_id in held_out:  # its document is in validation or test: never trained on
+            excluded["from validation/test documents"] += 1
+        else:
+            out.append(_Feedback(prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output,
+                                 desirable=False, document_id=ex.document_id))
+    return out, excluded
 
 
-def _write_rows(path: Path, rows: Iterable[dict[str, Any]], file_type: str) -> None:
-    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
-    # One example per line in both types, so a line number in a check error is easy to find.
-    text = "\n".join(lines) + "\n" if file_type == "jsonl" else "[\n" + ",\n".join(lines) + "\n]\n"
-    path.write_text(text, encoding="utf-8")
+class _Staging:
+    """Writes the dataset files into the staging directory and keeps their dataset_info entries."""
+
+    def __init__(self, root: Path, options: PrepareOptions, prompt: PromptFormat) -> None:
+        self.root, self.options, self.prompt = root, options, prompt
+        self.info: dict[str, Any] = {}
+
+    def dataset(self, kind: str, rows: list[dict[str, Any]], documents: int, stage: LoaderStage) -> SplitInfo:
+        name, file = f"{DATASET_PREFIX}{kind}", f"{kind}.{self.options.file_type}"
+        write_rows(self.root / file, rows, self.options.file_type)
+        history = any(row.get("history") for row in rows)
+        self.info[name] = dataset_entry(file, self.options.format, stage, history=history)
+        return SplitInfo(dataset=name, file=file, examples=len(rows), documents=documents, stage=stage)
+
+    def chat(self, kind: str, prompted: list[Prompted], answers: list[str], documents: int) -> SplitInfo:
+        rows = [sft_row(p, a, self.options.format, self.prompt) for p, a in zip(prompted, answers)]
+        return self.dataset(kind, rows, documents, "sft")
 
 
 def prepare(
@@ -223,58 +265,60 @@ def prepare(
     options: PrepareOptions,
     *,
     preferences: Path | None = None,
+    rejected: Path | None = None,
     workspace: Path | None = None,
     on_status: Callable[[str], None] | None = None,
 ) -> PrepareReport:
-    """Write the dataset into data_dir (replacing what was there only once it passed its check)."""
+    """Write the dataset into data_dir (replacing what was there only once it passed its check).
+
+    Always the SFT splits (the training split mixed by `options.mix`) and, from QC fixes, the
+    preference pairs; `options.also` adds KTO, PPO prompts, pre-training text and the CSV forms.
+    """
     status = on_status or (lambda _msg: None)
     status(f"reading {approved}")
     examples = read_approved(approved)
     labels = task_labels(examples, workspace)
     closed = {key for key, task in labels.items() if task.labels}
-    label_of = (lambda ex: ex.conclusion if f"{ex.task_name}/{ex.step}" in closed else None) if options.stratify else None
+    label_of = lambda ex: ex.conclusion if f"{ex.task_name}/{ex.step}" in closed else None  # noqa: E731
     splits = split_by_document(examples, val_fraction=options.val_fraction, test_fraction=options.test_fraction,
-                               seed=options.seed, label_of=label_of)
+                               seed=options.seed, label_of=label_of if options.stratify else None)
     prompt = PromptFormat(template=options.template, system=options.system)
     split_of = {ex.annotation_id: split for split, exs in splits.items() for ex in exs}
-
-    pairs: list[PreferencePair] = []
-    excluded: Counter[str] = Counter()
-    if preferences is not None and preferences.is_file():
-        for _, pair in read_jsonl(preferences, PreferencePair):
-            where = split_of.get(pair.annotation_id)
-            if where == "train":
-                pairs.append(pair)
-            else:  # a pair from a held-out document would leak it into DPO training
-                excluded["from validation/test documents" if where else "record not among the approved ones"] += 1
+    held_out = {ex.document_id for split in ("validation", "test") for ex in splits[split]}
+    pairs, excluded = _training_pairs(preferences, split_of)
+    train_rows, composition = mix(splits["train"], options.mix, label_of=label_of, prompt=prompt, seed=options.seed)
+    feedback, kto_excluded = (_feedback(splits["train"], pairs, rejected, held_out)
+                              if {"kto", "csv"} & set(options.also) else ([], Counter[str]()))
 
     data_dir = Path(data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     # Built aside and swapped in whole: a failed prepare leaves the last good dataset untouched.
     staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.staging-", dir=data_dir.parent))
     try:
-        info: dict[str, Any] = {}
+        out = _Staging(staging, options, prompt)
         infos: dict[Split, SplitInfo] = {}
         for split, exs in splits.items():
             if not exs:
                 continue
-            name, file = f"{DATASET_PREFIX}{split}", f"{split}.{options.file_type}"
-            _write_rows(staging / file, (_sft_row(ex, options.format, prompt) for ex in exs), options.file_type)
-            info[name] = _dataset_info(file, options.format, ranking=False)
-            infos[split] = SplitInfo(dataset=name, file=file, examples=len(exs),
-                                     documents=len({ex.document_id for ex in exs}))
+            shown = train_rows if split == "train" else [
+                Row(example=ex, prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output)
+                for ex in exs]
+            infos[split] = out.chat(split, [r.prompted for r in shown], [r.answer for r in shown],
+                                    len({ex.document_id for ex in exs}))
         pref_info = None
         if pairs:
-            name, file = f"{DATASET_PREFIX}preference", f"preference.{options.file_type}"
-            _write_rows(staging / file, (_preference_row(p, options.format, prompt) for p in pairs), options.file_type)
-            info[name] = _dataset_info(file, options.format, ranking=True)
             doc_of = {ex.annotation_id: ex.document_id for ex in splits["train"]}
-            pref_info = SplitInfo(dataset=name, file=file, examples=len(pairs),
-                                  documents=len({doc_of[p.annotation_id] for p in pairs}))
-        (staging / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+            rows = [pair_row(Prompted(p.annotation_id, p.instruction, p.input), p.chosen, p.rejected, options.format,
+                             prompt) for p in pairs]
+            pref_info = out.dataset("preference", rows, len({doc_of[p.annotation_id] for p in pairs}), "rm")
+        extra = _extra_datasets(out, options, splits, feedback, held_out, workspace)
+        flat = write_flat(staging, {split: [r.example for r in train_rows] if split == "train" else exs
+                                    for split, exs in splits.items() if exs},
+                          [(f.prompted, f.answer, f.desirable) for f in feedback], prompt) if "csv" in options.also else []
+        (staging / "dataset_info.json").write_text(json.dumps(out.info, ensure_ascii=False, indent=2), encoding="utf-8")
         manifest = Manifest(format=options.format, file_type=options.file_type, prompt=prompt, model=options.model,
                             cutoff_len=options.cutoff_len, seed=options.seed, approved=str(approved),
-                            splits=infos, preference=pref_info, tasks=labels)
+                            splits=infos, preference=pref_info, extra=extra, flat=flat, tasks=labels)
         with (staging / manifest.test_records).open("w", encoding="utf-8") as fh:
             for ex in splits["test"]:
                 fh.write(ex.model_dump_json() + "\n")
@@ -283,14 +327,46 @@ def prepare(
         try:
             report = check_dataset(staging, manifest, on_status=on_status)
         except DatasetError as exc:
-            rejected = data_dir.with_name(f"{data_dir.name}.rejected")
-            shutil.rmtree(rejected, ignore_errors=True)
-            staging.rename(rejected)
-            raise DatasetError(rejected, exc.problems) from None
+            rejected_dir = data_dir.with_name(f"{data_dir.name}.rejected")
+            shutil.rmtree(rejected_dir, ignore_errors=True)
+            staging.rename(rejected_dir)
+            raise DatasetError(rejected_dir, exc.problems) from None
         if data_dir.exists():
             shutil.rmtree(data_dir)
         staging.rename(data_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    status("sizing the model")
+    composition.tokens = sum(manifest.splits["train"].token_lengths)
+    composition.lora_rank = defaults()["lora_rank"]
+    size = model_size(resolve_model(options.model), composition.lora_rank)
+    if size is not None:
+        composition.model_parameters, composition.lora_parameters = size.parameters, size.lora_parameters
     return PrepareReport(data_dir=data_dir, splits=manifest.splits, preference=manifest.preference,
-                         preference_excluded=dict(excluded), tasks=manifest.tasks, check=report)
+                         preference_excluded=dict(excluded), extra=manifest.extra, kto_excluded=dict(kto_excluded),
+                         flat=flat, composition=composition, tasks=manifest.tasks, check=report)
+
+
+def _extra_datasets(out: _Staging, options: PrepareOptions, splits: dict[Split, list[TrainingExample]],
+                    feedback: list[_Feedback], held_out: set[str], workspace: Path | None) -> dict[str, SplitInfo]:
+    """The datasets `options.also` asks for: kto, prompts (PPO) and the pre-training text."""
+    extra: dict[str, SplitInfo] = {}
+    if "kto" in options.also:
+        rows = [kto_row(f.prompted, f.answer, f.desirable, options.format, out.prompt) for f in feedback]
+        extra["kto"] = out.dataset("kto", rows, len({f.document_id for f in feedback}), "kto")
+    if "ppo" in options.also:
+        unique = {(ex.instruction, ex.input): ex for ex in splits["train"]}  # a prompt once, however many answers
+        rows = [prompt_row(Prompted(ex.annotation_id, ex.instruction, ex.input), out.prompt) for ex in unique.values()]
+        extra["prompts"] = out.dataset("prompts", rows, len({ex.document_id for ex in unique.values()}), "ppo")
+    if "pt" in options.also:
+        chunks = document_chunks(workspace)
+        validation = {ex.document_id for ex in splits["validation"]}
+        parts = {"text_train": sorted(set(chunks) - held_out), "text_validation": sorted(validation & set(chunks))}
+        for kind, docs in parts.items():
+            if docs:
+                rows = [{"id": f"{doc[:12]}-{i}", "text": text} for doc in docs for i, text in enumerate(chunks[doc])]
+                extra[kind] = out.dataset(kind, rows, len(docs), "pt")
+        if "text_train" not in extra:
+            raise FinetuneError("every stored document is held out for validation or test: no text is left to "
+                                "pre-train on (lower --val / --test, or ingest more documents)")
+    return extra

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from distillery.errors import DistilleryError
 
@@ -54,11 +54,16 @@ class PromptFormat(BaseModel):
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
+# The stage LLaMA-Factory's loader reads a dataset with (DPO, ORPO and SimPO read their pairs as rm).
+LoaderStage = Literal["sft", "rm", "kto", "ppo", "pt"]
+
+
 class SplitInfo(BaseModel):
     dataset: str  # the name in dataset_info.json
     file: str  # relative to the data dir
     examples: int
     documents: int
+    stage: LoaderStage = "sft"
     token_lengths: list[int] = Field(default_factory=list)  # full prompt+answer, in file order (after check)
 
 
@@ -79,6 +84,9 @@ class Manifest(BaseModel):
     approved: str  # the approved JSONL it was built from
     splits: dict[Split, SplitInfo]
     preference: SplitInfo | None = None
+    # Datasets for the other stages, by kind: kto, prompts (PPO), text_train and text_validation (pt).
+    extra: dict[str, SplitInfo] = Field(default_factory=dict)
+    flat: list[str] = Field(default_factory=list)  # the CSV files for other trainers (not LLaMA-Factory's)
     test_records: str = "test_records.jsonl"  # the test split as TrainingExample lines, for eval
     tasks: dict[str, TaskLabels] = Field(default_factory=dict)
     checked: bool = False  # set once LLaMA-Factory's own loader read every example back
@@ -93,6 +101,17 @@ class Manifest(BaseModel):
         except ValidationError as exc:
             raise FinetuneError(f"{path} is not a manifest written by `distill-finetune prepare` "
                                 f"({exc.errors()[0]['msg']}): run prepare again") from exc
+
+    @model_validator(mode="after")
+    def _pairs_read_as_rm(self) -> Manifest:
+        if self.preference is not None:  # manifests from before `stage` was recorded: pairs are ranking data
+            self.preference.stage = "rm"
+        return self
+
+    def datasets(self) -> dict[str, SplitInfo]:
+        """Every dataset LLaMA-Factory reads, by kind: the SFT splits, preference, then the extras."""
+        pairs = {"preference": self.preference} if self.preference else {}
+        return {**self.splits, **pairs, **self.extra}
 
     def save(self, data_dir: Path) -> None:
         (Path(data_dir) / MANIFEST).write_text(self.model_dump_json(indent=2), encoding="utf-8")

@@ -142,13 +142,13 @@ def test_a_failed_prepare_keeps_the_last_good_dataset(approved: Path, tmp_path: 
     data = tmp_path / "data"
     prepare(approved, data, options())
     before = (data / "train.json").read_text()
-    real_row = prepare_module._sft_row
+    real_row = prepare_module.sft_row
 
-    def broken_writer(ex, fmt, prompt):  # type: ignore[no-untyped-def]
-        row = real_row(ex, fmt, prompt)
-        return row | {"output": None} if ex.annotation_id == "ann-03-01" else row
+    def broken_writer(p, answer, layout, prompt):  # type: ignore[no-untyped-def]
+        row = real_row(p, answer, layout, prompt)
+        return row | {"output": None} if p.id == "ann-03-01" else row
 
-    monkeypatch.setattr(prepare_module, "_sft_row", broken_writer)
+    monkeypatch.setattr(prepare_module, "sft_row", broken_writer)
     with pytest.raises(DatasetError, match=r"data\.rejected: 1 problem.*'ann-03-01'"):
         prepare(approved, data, options(seed=3))
     assert (data / "train.json").read_text() == before and Manifest.load(data).checked
