@@ -17,7 +17,8 @@ from distillery.workspace import Workspace
 from .check import CheckReport
 from .config import MERGED_DIR, TRAIN_YAML, defaults, load_overrides, read_run, write_train_config
 from .evaluate import Candidate, EvalReport
-from .prepare import PrepareOptions, PrepareReport, prepare
+from .mixing import Composition
+from .prepare import PrepareOptions, PrepareReport, prepare, prepare_options
 from .train import LOG_FILE, TrainProgress, TrainResult, last_checkpoint, train
 from .workspace import DEFAULT_MODEL, DEFAULT_SYSTEM, EMBEDDED, FinetuneError, Manifest
 
@@ -69,51 +70,106 @@ def main(ctx: click.Context, workspace: Path) -> None:
 @click.option("--cutoff-len", type=click.IntRange(min=16), default=defaults()["cutoff_len"], show_default=True,
               help="Training length limit in tokens; longer examples are reported (training truncates them).")
 @click.option("--system", default=DEFAULT_SYSTEM, show_default=True, help="System prompt trained and served with.")
+@click.option("--rejected", type=click.Path(dir_okay=False, path_type=Path),
+              help="Records reviewers rejected, for KTO [default: <workspace>/exports/rejected.jsonl, if any].")
+@click.option("--also", multiple=True, type=click.Choice(["kto", "ppo", "pt", "csv"]),
+              help="Also write (repeatable): kto = answers with the reviewers' verdict (kto_tag); ppo = the training "
+                   "prompts; pt = the stored documents' text for continued pre-training; csv = Input,Label per split "
+                   "and Input,Reward, for other trainers.")
+@click.option("--max-per-document", type=int, help="Training split: at most N examples from one document.")
+@click.option("--max-per-label", type=int, help="Training split: at most N examples of one label (closed-label tasks).")
+@click.option("--min-per-label", type=int,
+              help="Training split: repeat the examples of rarer labels until each has N (closed-label tasks).")
+@click.option("--few-shot", type=float, default=0.0, show_default=True,
+              help="Share of training rows shown --shots solved examples (same task, other documents) first.")
+@click.option("--shots", type=int, default=2, show_default=True, help="Solved examples in a few-shot row.")
+@click.option("--without-reasoning", type=float, default=0.0, show_default=True,
+              help="Share of training rows asked for, and answering with, the conclusion alone.")
 @click.pass_context
 def prepare_cmd(ctx: click.Context, approved: Path | None, preferences: Path | None, out_dir: Path | None, model: str,
                 fmt: str, file_type: str, val_fraction: float, test_fraction: float, seed: int, stratify: bool,
-                cutoff_len: int, system: str) -> None:
+                cutoff_len: int, system: str, rejected: Path | None, also: tuple[str, ...],
+                max_per_document: int | None, max_per_label: int | None, min_per_label: int | None,
+                few_shot: float, shots: int, without_reasoning: float) -> None:
     """Write LLaMA-Factory dataset files from the approved records and check every example.
 
     Splits train/validation/test by source document (seeded), writes dataset_info.json, and
-    reads everything back through LLaMA-Factory's own loader: an example it would drop fails
-    the command by name. Re-running replaces the dataset only once the new one passes.
+    reads everything back through LLaMA-Factory's own loader, each dataset with the stage that
+    trains on it: an example it would drop fails the command by name. Re-running replaces the
+    dataset only once the new one passes. Ends with what the training split is made of and its
+    tokens against the model's size.
     """
     layout = _layout(ctx)
     default_prefs = layout.preferences if layout.preferences.is_file() else None
-    options = PrepareOptions(format=fmt, file_type=file_type, val_fraction=val_fraction,  # type: ignore[arg-type]
-                             test_fraction=test_fraction, seed=seed, stratify=stratify, system=system, model=model,
-                             cutoff_len=cutoff_len)
+    default_rejected = layout.rejected if layout.rejected.is_file() else None
+    mix = {"max_per_document": max_per_document, "max_per_label": max_per_label, "min_per_label": min_per_label,
+           "few_shot": few_shot, "shots": shots, "without_reasoning": without_reasoning}
     try:
+        options = prepare_options(format=fmt, file_type=file_type, val_fraction=val_fraction,
+                                  test_fraction=test_fraction, seed=seed, stratify=stratify, system=system,
+                                  model=model, cutoff_len=cutoff_len, also=list(also), mix=mix)
         prepare_with_status(approved or layout.approved, out_dir or layout.finetune_data, options,
-                            preferences=preferences or default_prefs, workspace=layout.root)
+                            preferences=preferences or default_prefs, rejected=rejected or default_rejected,
+                            workspace=layout.root)
     except FinetuneError as exc:
         raise _fail(exc) from exc
-    console.print("next: [bold]distill-finetune train[/bold]")
+    stages = [name for name in also if name != "csv"]  # each --also but csv is a stage of its own
+    console.print("next: [bold]distill-finetune train[/bold]" + (f" (or --stage {' / '.join(stages)})" if stages else ""))
+
+
+# How the prepare table names the datasets beyond the SFT splits, with the stages that train on them.
+EXTRA_LABELS = {"preference": "preference (DPO, ORPO, SimPO, rm)", "kto": "kto (KTO)", "prompts": "prompts (PPO)",
+                "text_train": "text train (pt)", "text_validation": "text validation (pt)"}
 
 
 def prepare_with_status(approved: Path, out_dir: Path, options: PrepareOptions, *, preferences: Path | None,
-                        workspace: Path | None) -> PrepareReport:
-    """`prepare` with what it is doing on screen, then the splits, the label sets and the check."""
+                        workspace: Path | None, rejected: Path | None = None) -> PrepareReport:
+    """`prepare` with what it is doing on screen, then the datasets, the label sets, the check and
+    what the training split is made of."""
     with console.status("preparing…") as status:
-        report = prepare(approved, out_dir, options, preferences=preferences, workspace=workspace,
+        report = prepare(approved, out_dir, options, preferences=preferences, rejected=rejected, workspace=workspace,
                          on_status=lambda msg: status.update(msg))
     table = Table(title=f"dataset {report.data_dir} ({options.format}, {options.file_type}, seed {options.seed})")
     for col in ("split", "examples", "documents", "file"):
         table.add_column(col, justify="left" if col in ("split", "file") else "right")
-    for split, info in report.splits.items():
-        table.add_row(split, str(info.examples), str(info.documents), info.file)
-    if report.preference is not None:
-        pref = report.preference
-        table.add_row("preference (DPO)", str(pref.examples), str(pref.documents), pref.file)
+    others = {"preference": report.preference} if report.preference else {}
+    for kind, info in {**report.splits, **others, **report.extra}.items():
+        table.add_row(EXTRA_LABELS.get(kind, kind), str(info.examples), str(info.documents), info.file)
     out.print(table)
-    for why, n in report.preference_excluded.items():
-        console.print(f"left out {n} preference pair(s): {why}")
+    if report.flat:
+        console.print(f"CSV for other trainers: {', '.join(report.flat)}")
+    for what, excluded in (("preference pair(s)", report.preference_excluded), ("rejected record(s)", report.kto_excluded)):
+        for why, n in excluded.items():
+            console.print(f"left out {n} {what}: {why}")
     for task, labels in report.tasks.items():
         console.print(f"task {task}: labels {' | '.join(labels.labels) if labels.labels else '(open-ended)'} "
                       f"[dim]({labels.source})[/dim]")
     _print_check(report.check)
+    out.print(composition_table(report.composition))
+    console.print(size_line(report.composition))
     return report
+
+
+def composition_table(c: Composition) -> Table:
+    table = Table(title=f"training split: {c.rows} rows from {c.documents} documents (at most {c.most_per_document} "
+                        f"from one); forms: {', '.join(f'{form} {n}' for form, n in c.forms.items())}")
+    for col in ("label", "approved", "dropped by caps", "repeated", "rows"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for share in c.labels:
+        table.add_row(share.label, str(share.approved), str(share.dropped), str(share.repeated), str(share.rows))
+    return table
+
+
+def size_line(c: Composition) -> str:
+    """The training tokens against the model: per parameter of the model and of its LoRA."""
+    line = f"training tokens: {c.tokens or 0:,} per epoch"
+    if c.model_parameters and c.lora_parameters and c.tokens:
+        line += (f"; the model has {c.model_parameters / 1e6:,.1f}M parameters ({c.tokens / c.model_parameters:.3g} "
+                 f"tokens each), a LoRA of rank {c.lora_rank} on every linear layer {c.lora_parameters / 1e6:,.2f}M "
+                 f"({c.tokens / c.lora_parameters:.3g} tokens per trainable parameter per epoch)")
+    else:
+        line += " (the model's size could not be read from its config)"
+    return line
 
 
 def _print_check(check: CheckReport) -> None:
@@ -156,9 +212,12 @@ def _progress(unit: str) -> Progress:
 @click.option("--model", help=f"Base model [default: the one the dataset was prepared for]. {MODEL_HELP}")
 @click.option("--method", type=click.Choice(["lora", "qlora"]), default="lora", show_default=True,
               help="qlora: 4-bit base weights (bitsandbytes), about a third of the GPU memory.")
-@click.option("--stage", type=click.Choice(["sft", "dpo"]), default="sft", show_default=True,
-              help="dpo: preference pairs from QC corrections, on top of --from-run's merged model.")
-@click.option("--from-run", help="DPO: the SFT run whose merged model to start from.")
+@click.option("--stage", type=click.Choice(["sft", "pt", "dpo", "kto", "rm", "ppo"]), default="sft", show_default=True,
+              help="dpo / rm: preference pairs from QC corrections; kto: answers with the reviewers' verdict; ppo: "
+                   "the training prompts scored by --reward-run; these start from --from-run's merged model. pt: "
+                   "continued pre-training on the documents' text (prepare --also pt), before SFT.")
+@click.option("--from-run", help="Start from this run's merged model: the SFT run for dpo/kto/rm/ppo, a pt run for sft.")
+@click.option("--reward-run", help="PPO: the rm run whose reward adapter scores the answers.")
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML of LLaMA-Factory keys overriding the defaults (finetune/defaults.yaml).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one LLaMA-Factory key (repeatable).")
@@ -170,7 +229,8 @@ def _progress(unit: str) -> Progress:
 @click.option("--dry-run", is_flag=True, help="Write train.yaml (and print it); do not train.")
 @click.pass_context
 def train_cmd(ctx: click.Context, run_name: str | None, data_dir: Path | None, model: str | None, method: str,
-              stage: str, from_run: str | None, config_file: Path | None, sets: tuple[str, ...], precision: str,
+              stage: str, from_run: str | None, reward_run: str | None, config_file: Path | None, sets: tuple[str, ...],
+              precision: str,
               deepspeed: str | None, fresh: bool, merge: bool, dry_run: bool) -> None:
     """Write the run's LLaMA-Factory YAML and train it with `llamafactory-cli train`.
 
@@ -181,7 +241,7 @@ def train_cmd(ctx: click.Context, run_name: str | None, data_dir: Path | None, m
         with console.status("writing the LLaMA-Factory config…"):
             run_dir, config, manifest = write_train_config(
                 _layout(ctx), run_name=run_name, data_dir=data_dir, model=model, method=method, stage=stage,
-                from_run=from_run, overrides=load_overrides(config_file, sets), precision=precision,
+                from_run=from_run, reward_run=reward_run, overrides=load_overrides(config_file, sets), precision=precision,
                 deepspeed=int(deepspeed) if deepspeed else None)
     except FinetuneError as exc:
         raise _fail(exc) from exc

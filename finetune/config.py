@@ -27,12 +27,27 @@ DEEPSPEED_FILES = {2: "ds_z2.json", 3: "ds_z3.json"}
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
+Stage = Literal["sft", "pt", "dpo", "kto", "rm", "ppo"]
+# Stages that refine a tuned model: they start from the merged model of an SFT run (--from-run).
+AFTER_SFT: tuple[Stage, ...] = ("dpo", "kto", "rm", "ppo")
+# Each stage's training (and evaluation) dataset, by the manifest's kind, and the prepare option writing it.
+STAGE_DATA: dict[Stage, tuple[str, str | None, str]] = {
+    "sft": ("train", "validation", "prepare"),
+    "pt": ("text_train", "text_validation", "prepare --also pt"),
+    "dpo": ("preference", None, "qc export with reviewers' fixes, then prepare"),
+    "rm": ("preference", None, "qc export with reviewers' fixes, then prepare"),
+    "kto": ("kto", None, "prepare --also kto"),
+    "ppo": ("prompts", None, "prepare --also ppo"),
+}
+
+
 class RunOptions(BaseModel):
     """What `distill-finetune train` decides; every other key is LLaMA-Factory's, in the YAML."""
 
     model: str  # a local model dir, a hub id, or `embedded`
     method: Literal["lora", "qlora"] = "lora"
-    stage: Literal["sft", "dpo"] = "sft"
+    stage: Stage = "sft"
+    reward_model: str | None = None  # ppo: the reward adapter (an rm run's adapter dir)
     precision: Precision = "auto"
     deepspeed: Literal[2, 3] | None = None  # put ds_z<N>.json into train.yaml (needs `pip install deepspeed`)
 
@@ -49,8 +64,8 @@ def defaults(method: str = "lora", stage: str = "sft") -> dict[str, Any]:
     merged = dict(data["sft"])
     if method == "qlora":
         merged |= data["qlora"]
-    if stage == "dpo":
-        merged |= data["dpo"]
+    if stage != "sft":
+        merged |= data[stage]
     return merged
 
 
@@ -102,17 +117,20 @@ def build_config(
         "dataset_dir": str(Path(data_dir).resolve()),
         "output_dir": str((Path(run_dir) / ADAPTER_DIR).resolve()),
     }
-    if options.stage == "dpo":
-        if manifest.preference is None:
-            raise FinetuneError(f"{data_dir} has no preference dataset (no QC corrections from training documents): "
-                                "DPO needs exported preference pairs")
-        config["dataset"] = manifest.preference.dataset
-    else:
-        config["dataset"] = manifest.splits["train"].dataset
-        if "validation" in manifest.splits:
-            config["eval_dataset"] = manifest.splits["validation"].dataset
-        else:
-            config["eval_strategy"] = "no"
+    datasets = manifest.datasets()
+    train, evaluation, writer = STAGE_DATA[options.stage]
+    if train not in datasets:
+        raise FinetuneError(f"{data_dir} has no {train} dataset, which --stage {options.stage} trains on: "
+                            f"it comes from `{writer}`")
+    config["dataset"] = datasets[train].dataset
+    if evaluation in datasets:
+        config["eval_dataset"] = datasets[evaluation].dataset
+    elif evaluation is not None:
+        config["eval_strategy"] = "no"
+    if options.stage == "ppo":
+        if options.reward_model is None:
+            raise FinetuneError("--stage ppo scores its answers with a reward model: give --reward-run NAME (an rm run)")
+        config["reward_model"] = options.reward_model
     if options.deepspeed:
         config["deepspeed"] = str((Path(run_dir) / DEEPSPEED_FILES[options.deepspeed]).resolve())
     config |= overrides or {}
@@ -151,23 +169,33 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 def write_train_config(workspace: Workspace, *, run_name: str | None = None, data_dir: Path | None = None,
                        model: str | None = None, method: str = "lora", stage: str = "sft", from_run: str | None = None,
-                       overrides: dict[str, Any] | None = None, precision: str = "auto",
+                       reward_run: str | None = None, overrides: dict[str, Any] | None = None, precision: str = "auto",
                        deepspeed: int | None = None) -> tuple[Path, dict[str, Any], Manifest]:
     """Write a run's train.yaml from the prepared dataset: (run dir, the config, the dataset's manifest).
-    The run is named `<stage>-<method>` unless named; DPO starts from `from_run`'s merged model."""
+    The run is named `<stage>-<method>` unless named; DPO, KTO, rm and PPO start from `from_run`'s
+    merged model (SFT may too: after a pt run); PPO scores with `reward_run`'s adapter."""
     data = data_dir or workspace.finetune_data
     run_dir = workspace.run(run_name or f"{stage}-{method}")
     manifest = Manifest.load(data)
     if not manifest.checked:
         raise FinetuneError(f"{data} failed its last check: fix it and run `distill finetune check`")
-    if stage == "dpo":
-        if not from_run or model:
-            raise FinetuneError("--stage dpo starts from the merged model of an SFT run: give --from-run NAME (and no --model)")
+    if stage in AFTER_SFT and (not from_run or model):
+        raise FinetuneError(f"--stage {stage} starts from the merged model of an SFT run: give --from-run NAME "
+                            "(and no --model)")
+    if from_run:
+        if model:
+            raise FinetuneError("give --from-run or --model, not both: the run's merged model is the model")
         model = str(workspace.run(from_run) / MERGED_DIR)
         if not Path(model, "config.json").is_file():
             raise FinetuneError(f"{model} does not exist: export run {from_run} first (distill finetune export --run {from_run})")
+    reward = None
+    if reward_run:
+        reward = str(Path(read_run(workspace.run(reward_run))["output_dir"]))
+        if not Path(reward, "adapter_config.json").is_file():
+            raise FinetuneError(f"{reward} holds no finished reward adapter: train run {reward_run} first "
+                                "(distill finetune train --stage rm)")
     options = RunOptions(model=model or manifest.model, method=method, stage=stage, precision=precision,  # type: ignore[arg-type]
-                         deepspeed=deepspeed)  # type: ignore[arg-type]
+                         deepspeed=deepspeed, reward_model=reward)  # type: ignore[arg-type]
     config = build_config(options, data_dir=data, manifest=manifest, run_dir=run_dir, overrides=overrides or {})
     write_run(run_dir, config)
     return run_dir, config, manifest

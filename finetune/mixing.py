@@ -74,6 +74,11 @@ def _label(ex: TrainingExample, label_of: Callable[[TrainingExample], str | None
     return f"{ex.task_name}/{ex.step}: {label_of(ex) or OPEN}"
 
 
+def _closed(label: str) -> bool:
+    """Caps and floors apply to closed labels only: an open-ended answer is no class to balance."""
+    return not label.endswith(OPEN)
+
+
 def _cap(examples: list[TrainingExample], key: Callable[[TrainingExample], str], cap: int | None,
          rng: random.Random, *, only: Callable[[str], bool] = lambda _k: True) -> list[TrainingExample]:
     """At most `cap` examples per key, drawn across documents in turn, so a cut keeps the spread."""
@@ -106,10 +111,9 @@ def mix(examples: list[TrainingExample], options: MixOptions, *, label_of: Calla
         prompt: PromptFormat, seed: int) -> tuple[list[Row], Composition]:
     """The training rows and what they are made of. `label_of` gives a closed-label example's label."""
     rng = random.Random(seed)
-    closed = lambda label: not label.endswith(OPEN)  # noqa: E731 - caps and floors apply to closed labels only
     before = Counter(_label(ex, label_of) for ex in examples)
     kept = _cap(examples, lambda ex: ex.document_id, options.max_per_document, rng)
-    kept = _cap(kept, lambda ex: _label(ex, label_of), options.max_per_label, rng, only=closed)
+    kept = _cap(kept, lambda ex: _label(ex, label_of), options.max_per_label, rng, only=_closed)
     after_caps = Counter(_label(ex, label_of) for ex in kept)
 
     repeats: list[TrainingExample] = []
@@ -118,7 +122,7 @@ def mix(examples: list[TrainingExample], options: MixOptions, *, label_of: Calla
         for ex in kept:
             by_label[_label(ex, label_of)].append(ex)
         for label, group in by_label.items():
-            missing = options.min_per_label - len(group) if closed(label) else 0
+            missing = options.min_per_label - len(group) if _closed(label) else 0
             order = rng.sample(group, len(group))
             repeats += [order[i % len(order)] for i in range(max(missing, 0))]
     chosen = kept + repeats

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from distillery import jsonl
 from distillery.records import SEPARATOR, PreferencePair, TrainingExample
@@ -72,6 +72,17 @@ class PrepareOptions(BaseModel):
     cutoff_len: int = Field(gt=0)
     also: list[Also] = Field(default_factory=list)
     mix: MixOptions = Field(default_factory=MixOptions)
+
+
+def prepare_options(**values: Any) -> PrepareOptions:
+    """PrepareOptions from plain values (mixing ones under `mix`); a bad value is a FinetuneError
+    naming its field."""
+    try:
+        return PrepareOptions.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise FinetuneError(f"prepare option '{where}': {error['msg']} (given {error['input']!r})") from None
 
 
 class PrepareReport(BaseModel):
@@ -279,7 +290,7 @@ def prepare(
     examples = read_approved(approved)
     labels = task_labels(examples, workspace)
     closed = {key for key, task in labels.items() if task.labels}
-    label_of = lambda ex: ex.conclusion if f"{ex.task_name}/{ex.step}" in closed else None  # noqa: E731
+    label_of = lambda ex: ex.conclusion if f"{ex.task_name}/{ex.step}" in closed else None
     splits = split_by_document(examples, val_fraction=options.val_fraction, test_fraction=options.test_fraction,
                                seed=options.seed, label_of=label_of if options.stratify else None)
     prompt = PromptFormat(template=options.template, system=options.system)
