@@ -17,7 +17,7 @@ from distillery.workspace import Workspace
 from .check import CheckReport
 from .config import MERGED_DIR, TRAIN_YAML, defaults, load_overrides, read_run, write_train_config
 from .evaluate import Candidate, EvalReport
-from .mixing import Composition
+from .mixing import Composition, MixOptions
 from .prepare import PrepareOptions, PrepareReport, prepare, prepare_options
 from .train import LOG_FILE, TrainProgress, TrainResult, last_checkpoint, train
 from .workspace import DEFAULT_MODEL, DEFAULT_SYSTEM, EMBEDDED, FinetuneError, Manifest
@@ -85,12 +85,14 @@ def main(ctx: click.Context, workspace: Path) -> None:
 @click.option("--shots", type=int, default=2, show_default=True, help="Solved examples in a few-shot row.")
 @click.option("--without-reasoning", type=float, default=0.0, show_default=True,
               help="Share of training rows asked for, and answering with, the conclusion alone.")
+@click.option("--answer-only", default=MixOptions.model_fields["answer_only"].default, show_default=True,
+              help="Said after the instruction in a row without reasoning (write it in the task's language).")
 @click.pass_context
 def prepare_cmd(ctx: click.Context, approved: Path | None, preferences: Path | None, out_dir: Path | None, model: str,
                 fmt: str, file_type: str, val_fraction: float, test_fraction: float, seed: int, stratify: bool,
                 cutoff_len: int, system: str, rejected: Path | None, also: tuple[str, ...],
                 max_per_document: int | None, max_per_label: int | None, min_per_label: int | None,
-                few_shot: float, shots: int, without_reasoning: float) -> None:
+                few_shot: float, shots: int, without_reasoning: float, answer_only: str) -> None:
     """Write LLaMA-Factory dataset files from the approved records and check every example.
 
     Splits train/validation/test by source document (seeded), writes dataset_info.json, and
@@ -103,7 +105,7 @@ def prepare_cmd(ctx: click.Context, approved: Path | None, preferences: Path | N
     default_prefs = layout.preferences if layout.preferences.is_file() else None
     default_rejected = layout.rejected if layout.rejected.is_file() else None
     mix = {"max_per_document": max_per_document, "max_per_label": max_per_label, "min_per_label": min_per_label,
-           "few_shot": few_shot, "shots": shots, "without_reasoning": without_reasoning}
+           "few_shot": few_shot, "shots": shots, "without_reasoning": without_reasoning, "answer_only": answer_only}
     try:
         options = prepare_options(format=fmt, file_type=file_type, val_fraction=val_fraction,
                                   test_fraction=test_fraction, seed=seed, stratify=stratify, system=system,
@@ -146,13 +148,13 @@ def prepare_with_status(approved: Path, out_dir: Path, options: PrepareOptions, 
                       f"[dim]({labels.source})[/dim]")
     _print_check(report.check)
     out.print(composition_table(report.composition))
+    console.print("prompt forms: " + ", ".join(f"{form} {n}" for form, n in report.composition.forms.items()))
     console.print(size_line(report.composition))
     return report
 
 
 def composition_table(c: Composition) -> Table:
-    table = Table(title=f"training split: {c.rows} rows from {c.documents} documents (at most {c.most_per_document} "
-                        f"from one); forms: {', '.join(f'{form} {n}' for form, n in c.forms.items())}")
+    table = Table(title=f"training split: {c.rows} rows from {c.documents} documents (at most {c.most_per_document} from one)")
     for col in ("label", "approved", "dropped by caps", "repeated", "rows"):
         table.add_column(col, justify="left" if col == "label" else "right")
     for share in c.labels:
