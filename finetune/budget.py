@@ -25,7 +25,7 @@ def model_size(model_dir: str, lora_rank: int) -> ModelSize | None:
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config)
         model.tie_weights()  # a tied output head is the input embedding: counted once
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError, ImportError):  # unreadable, or an architecture this transformers lacks
         return None
     head = model.get_output_embeddings()
     lora = sum(lora_rank * (m.in_features + m.out_features) for m in model.modules()

@@ -224,8 +224,10 @@ def _check_examples(rows: Any, attr: Any, stage: str, template: Any, tokenizer: 
             problem = _contract_problem(answers[0]["content"])  # the answer, the chosen one, a desirable one
             if problem:
                 problems.append(f"{name}: {problem}")
-        if stage in ("rm", "kto") and not str(answers[-1]["content"]).strip():
-            problems.append(f"{name}: its {'rejected' if stage == 'rm' else 'undesirable'} answer is empty")
+        if stage == "rm" and not str(answers[1]["content"]).strip():
+            problems.append(f"{name}: its rejected answer is empty")
+        if stage == "kto" and not contract and not str(answers[0]["content"]).strip():
+            problems.append(f"{name}: its undesirable answer is empty")
         # Untruncated length: the longest answer after the prompt, as the processors count it.
         longest = 0
         for answer in answers:

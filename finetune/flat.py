@@ -14,7 +14,7 @@ from pathlib import Path
 
 from distillery.records import TrainingExample
 
-from .rows import Prompted
+from .rows import Feedback
 from .workspace import PromptFormat
 
 LABEL_HEADER = ("Input", "Label")
@@ -29,7 +29,7 @@ def _write(path: Path, header: tuple[str, str], rows: Iterable[tuple[str, object
         writer.writerows(rows)
 
 
-def write_flat(root: Path, splits: dict[str, list[TrainingExample]], scored: list[tuple[Prompted, str, bool]],
+def write_flat(root: Path, splits: dict[str, list[TrainingExample]], scored: list[Feedback],
                prompt: PromptFormat) -> list[str]:
     """Write a label CSV per split and, when there are scored answers, reward.csv; returns the file names."""
     def user(instruction: str, input: str) -> str:
@@ -41,6 +41,6 @@ def write_flat(root: Path, splits: dict[str, list[TrainingExample]], scored: lis
         names.append(f"{split}.csv")
     if scored:
         _write(root / REWARD_FILE, REWARD_HEADER,
-               ((f"{user(p.instruction, p.input)}\n\n{answer}", int(desirable)) for p, answer, desirable in scored))
+               ((f"{user(f.prompted.instruction, f.prompted.input)}\n\n{f.answer}", int(f.desirable)) for f in scored))
         names.append(REWARD_FILE)
     return names

@@ -35,7 +35,7 @@ from .config import defaults
 from .flat import write_flat
 from .mixing import Composition, MixOptions, Row, mix
 from .pretrain import document_chunks
-from .rows import Layout, Prompted, dataset_entry, kto_row, pair_row, prompt_row, sft_row, write_rows
+from .rows import Feedback, Layout, Prompted, dataset_entry, kto_row, pair_row, prompt_row, sft_row, write_rows
 from .workspace import (
     DATASET_PREFIX,
     DEFAULT_SYSTEM,
@@ -224,29 +224,20 @@ def _training_pairs(path: Path | None, split_of: dict[str, Split]) -> tuple[list
     return pairs, excluded
 
 
-class _Feedback(BaseModel):
-    """One answer with the reviewers' verdict on it: KTO's row, and the reward CSV's."""
-
-    prompted: Prompted
-    answer: str
-    desirable: bool
-    document_id: str
-
-
 def _feedback(train: list[TrainingExample], pairs: list[PreferencePair], rejected: Path | None,
-              held_out: set[str]) -> tuple[list[_Feedback], Counter[str]]:
+              held_out: set[str]) -> tuple[list[Feedback], Counter[str]]:
     """Approved training answers (desirable), the teacher's answers reviewers fixed or rejected (not)."""
     doc_of = {ex.annotation_id: ex.document_id for ex in train}
-    out = [_Feedback(prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output, desirable=True,
+    out = [Feedback(prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output, desirable=True,
                      document_id=ex.document_id) for ex in train]
-    out += [_Feedback(prompted=Prompted(f"{p.annotation_id}#teacher", p.instruction, p.input), answer=p.rejected,
+    out += [Feedback(prompted=Prompted(f"{p.annotation_id}#teacher", p.instruction, p.input), answer=p.rejected,
                       desirable=False, document_id=doc_of[p.annotation_id]) for p in pairs]
     excluded: Counter[str] = Counter()
     for _, ex in read_jsonl(rejected, TrainingExample) if rejected is not None and rejected.is_file() else []:
         if ex.document_id in held_out:  # its document is in validation or test: never trained on
             excluded["from validation/test documents"] += 1
         else:
-            out.append(_Feedback(prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output,
+            out.append(Feedback(prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output,
                                  desirable=False, document_id=ex.document_id))
     return out, excluded
 
@@ -325,7 +316,7 @@ def prepare(
         extra = _extra_datasets(out, options, splits, feedback, held_out, workspace)
         flat = write_flat(staging, {split: [r.example for r in train_rows] if split == "train" else exs
                                     for split, exs in splits.items() if exs},
-                          [(f.prompted, f.answer, f.desirable) for f in feedback], prompt) if "csv" in options.also else []
+                          feedback, prompt) if "csv" in options.also else []
         (staging / "dataset_info.json").write_text(json.dumps(out.info, ensure_ascii=False, indent=2), encoding="utf-8")
         manifest = Manifest(format=options.format, file_type=options.file_type, prompt=prompt, model=options.model,
                             cutoff_len=options.cutoff_len, seed=options.seed, approved=str(approved),
@@ -359,7 +350,7 @@ def prepare(
 
 
 def _extra_datasets(out: _Staging, options: PrepareOptions, splits: dict[Split, list[TrainingExample]],
-                    feedback: list[_Feedback], held_out: set[str], workspace: Path | None) -> dict[str, SplitInfo]:
+                    feedback: list[Feedback], held_out: set[str], workspace: Path | None) -> dict[str, SplitInfo]:
     """The datasets `options.also` asks for: kto, prompts (PPO) and the pre-training text."""
     extra: dict[str, SplitInfo] = {}
     if "kto" in options.also:

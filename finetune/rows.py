@@ -30,6 +30,16 @@ class Prompted:
     shots: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """One answer with the reviewers' verdict on it: a KTO row, and a row of the reward CSV."""
+
+    prompted: Prompted
+    answer: str
+    desirable: bool
+    document_id: str
+
+
 def _turns(p: Prompted, layout: Layout, prompt: PromptFormat) -> dict[str, Any]:
     base = {"id": p.id, "system": prompt.system}
     if layout == "alpaca":

@@ -246,3 +246,17 @@ def test_a_document_cap_keeps_the_spread_and_bad_values_name_their_field() -> No
         prepare_options(model="m", cutoff_len=64, mix={"min_per_label": 9, "max_per_label": 3})
     with pytest.raises(FinetuneError, match=r"'also.0'"):
         prepare_options(model="m", cutoff_len=64, also=["orpo"])
+
+
+def test_a_kto_row_llamafactory_would_drop_is_named(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from finetune.check import DatasetError, check_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(prepared[0], data)
+    rows = _rows(data, "kto.json")
+    rows[2]["kto_tag"] = None  # no verdict: LLaMA-Factory reads one answer, and its KTO reader drops the row
+    (data / "kto.json").write_text(json.dumps(rows), encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"kto.json: example '{rows[2]['id']}' \(row 3\) is dropped .*boolean kto_tag"):
+        check_dataset(data)
