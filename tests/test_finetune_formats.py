@@ -215,10 +215,16 @@ def test_csv_forms_have_their_header_and_parse(prepared) -> None:  # type: ignor
 ])
 def test_each_stage_trains_on_its_dataset(prepared, tmp_path: Path, stage: str, dataset: str,
                                           eval_dataset: str | None) -> None:  # type: ignore[no-untyped-def]
+    from llamafactory.hparams import get_train_args
+
     data, _ = prepared
-    options = RunOptions(model="m", stage=stage, reward_model="/runs/rm-lora/adapter" if stage == "ppo" else None)
+    options = RunOptions(model="m", stage=stage, precision="fp32",
+                         reward_model="/runs/rm-lora/adapter" if stage == "ppo" else None)
     config = build_config(options, data_dir=data, manifest=Manifest.load(data), run_dir=tmp_path)
     assert (config["stage"], config["dataset"], config.get("eval_dataset")) == (stage, dataset, eval_dataset)
+    # LLaMA-Factory's own argument parser takes the train.yaml as written (its per-stage rules included).
+    _, data_args, _, finetuning, _ = get_train_args(config | {"model_name_or_path": str(tmp_path)})
+    assert (finetuning.stage, data_args.dataset) == (stage, [dataset])
     if stage == "ppo":
         assert config["reward_model"] == "/runs/rm-lora/adapter" and config["reward_model_type"] == "lora"
         with pytest.raises(FinetuneError, match="--reward-run"):
