@@ -147,7 +147,8 @@ def mix(examples: list[TrainingExample], options: MixOptions, *, label_of: Calla
             others = [o for o in pool[f"{ex.task_name}/{ex.step}"] if o.document_id != ex.document_id]
             shots = tuple((prompt.messages(instruction, o.input)[-1]["content"], _answer(o, short))
                           for o in rng.sample(others, min(options.shots, len(others))))
-        rows.append(Row(example=ex, prompted=Prompted(row_id, instruction, ex.input, shots), answer=_answer(ex, short)))
+        rows.append(Row(example=ex, prompted=Prompted(row_id, instruction, ex.input, shots, ex.task_name),
+                        answer=_answer(ex, short)))
         forms[f"{'few-shot' if shots else 'zero-shot'}, {'without' if short else 'with'} reasoning"] += 1
 
     written = Counter(_label(r.example, label_of) for r in rows)

@@ -227,18 +227,17 @@ def _training_pairs(path: Path | None, split_of: dict[str, Split]) -> tuple[list
 def _feedback(train: list[TrainingExample], pairs: list[PreferencePair], rejected: Path | None,
               held_out: set[str]) -> tuple[list[Feedback], Counter[str]]:
     """Approved training answers (desirable), the teacher's answers reviewers fixed or rejected (not)."""
-    doc_of = {ex.annotation_id: ex.document_id for ex in train}
-    out = [Feedback(prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output, desirable=True,
-                     document_id=ex.document_id) for ex in train]
-    out += [Feedback(prompted=Prompted(f"{p.annotation_id}#teacher", p.instruction, p.input), answer=p.rejected,
-                      desirable=False, document_id=doc_of[p.annotation_id]) for p in pairs]
+    approved = {ex.annotation_id: ex for ex in train}
+    out = [Feedback(prompted=Prompted.of(ex), answer=ex.output, desirable=True, document_id=ex.document_id)
+           for ex in train]
+    out += [Feedback(prompted=Prompted.of(approved[p.annotation_id], f"{p.annotation_id}#teacher"), answer=p.rejected,
+                     desirable=False, document_id=approved[p.annotation_id].document_id) for p in pairs]
     excluded: Counter[str] = Counter()
     for _, ex in read_jsonl(rejected, TrainingExample) if rejected is not None and rejected.is_file() else []:
         if ex.document_id in held_out:  # its document is in validation or test: never trained on
             excluded["from validation/test documents"] += 1
         else:
-            out.append(Feedback(prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output,
-                                 desirable=False, document_id=ex.document_id))
+            out.append(Feedback(prompted=Prompted.of(ex), answer=ex.output, desirable=False, document_id=ex.document_id))
     return out, excluded
 
 
@@ -302,9 +301,8 @@ def prepare(
         for split, exs in splits.items():
             if not exs:
                 continue
-            shown = train_rows if split == "train" else [
-                Row(example=ex, prompted=Prompted(ex.annotation_id, ex.instruction, ex.input), answer=ex.output)
-                for ex in exs]
+            shown = train_rows if split == "train" else [Row(example=ex, prompted=Prompted.of(ex), answer=ex.output)
+                                                          for ex in exs]
             infos[split] = out.chat(split, [r.prompted for r in shown], [r.answer for r in shown],
                                     len({ex.document_id for ex in exs}))
         pref_info = None
@@ -358,7 +356,7 @@ def _extra_datasets(out: _Staging, options: PrepareOptions, splits: dict[Split, 
         extra["kto"] = out.dataset("kto", rows, len({f.document_id for f in feedback}), "kto")
     if "ppo" in options.also:
         unique = {(ex.instruction, ex.input): ex for ex in splits["train"]}  # a prompt once, however many answers
-        rows = [prompt_row(Prompted(ex.annotation_id, ex.instruction, ex.input), out.prompt) for ex in unique.values()]
+        rows = [prompt_row(Prompted.of(ex), out.prompt) for ex in unique.values()]
         extra["prompts"] = out.dataset("prompts", rows, len({ex.document_id for ex in unique.values()}), "ppo")
     if "pt" in options.also:
         chunks = document_chunks(workspace)

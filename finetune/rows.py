@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from distillery.records import TrainingExample
+
 from .workspace import LoaderStage, PromptFormat
 
 Layout = Literal["alpaca", "sharegpt"]
@@ -28,6 +30,12 @@ class Prompted:
     instruction: str
     input: str
     shots: tuple[tuple[str, str], ...] = ()
+    task: str | None = None  # the task's name, kept in the row for whoever filters the file
+
+    @classmethod
+    def of(cls, ex: TrainingExample, row_id: str | None = None) -> Prompted:
+        """An approved record's prompt, zero-shot, in the form it is served."""
+        return cls(row_id or ex.annotation_id, ex.instruction, ex.input, task=ex.task_name)
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class Feedback:
 
 
 def _turns(p: Prompted, layout: Layout, prompt: PromptFormat) -> dict[str, Any]:
-    base = {"id": p.id, "system": prompt.system}
+    base = {"id": p.id} | ({"task": p.task} if p.task else {}) | {"system": prompt.system}
     if layout == "alpaca":
         history = {"history": [list(shot) for shot in p.shots]} if p.shots else {}
         return base | {"instruction": p.instruction, "input": p.input} | history

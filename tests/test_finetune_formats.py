@@ -180,6 +180,7 @@ def test_the_training_split_is_the_composition_reported(prepared, read_back) -> 
     rows = _rows(data, "train.json")
     answers = [row["conversations"][-1]["value"] for row in rows]
     assert Counter(a.split("####")[0] for a in answers) == {"relevant": 12, "irrelevant": 9} and c.rows == 21
+    assert {row["task"] for row in rows} == {"relevance-en"}
     # Forms: round(0.5 x 21) few-shot rows (two solved examples first), round(0.25 x 21) without reasoning.
     few = [row for row in rows if len(row["conversations"]) == 6]
     terse = [row for row in rows if row["conversations"][-1]["value"].endswith("####")]
