@@ -141,13 +141,13 @@ def mix(examples: list[TrainingExample], options: MixOptions, *, label_of: Calla
     forms = Counter[str]()
     for i, (ex, row_id) in enumerate(zip(chosen, ids)):
         short = i in terse
-        instruction = f"{ex.instruction}\n{options.answer_only}" if short else ex.instruction
+        note = options.answer_only if short else None
         shots: tuple[tuple[str, str], ...] = ()
         if i in few:
             others = [o for o in pool[f"{ex.task_name}/{ex.step}"] if o.document_id != ex.document_id]
-            shots = tuple((prompt.messages(instruction, o.input)[-1]["content"], _answer(o, short))
+            shots = tuple((prompt.messages(_ask(o, note), o.input)[-1]["content"], _answer(o, short))
                           for o in rng.sample(others, min(options.shots, len(others))))
-        rows.append(Row(example=ex, prompted=Prompted(row_id, instruction, ex.input, shots, ex.task_name),
+        rows.append(Row(example=ex, prompted=Prompted(row_id, _ask(ex, note), ex.input, shots, ex.task_name),
                         answer=_answer(ex, short)))
         forms[f"{'few-shot' if shots else 'zero-shot'}, {'without' if short else 'with'} reasoning"] += 1
 
@@ -157,6 +157,11 @@ def mix(examples: list[TrainingExample], options: MixOptions, *, label_of: Calla
                          repeated=written[label] - after_caps[label], rows=written[label]) for label in sorted(before)]
     return rows, Composition(labels=labels, documents=len(per_doc), most_per_document=max(per_doc.values(), default=0),
                              forms=dict(sorted(forms.items())), rows=len(rows))
+
+
+def _ask(ex: TrainingExample, note: str | None) -> str:
+    """A record's own instruction (a QA answer's names its question), with the answer-only note."""
+    return f"{ex.instruction}\n{note}" if note else ex.instruction
 
 
 def _answer(ex: TrainingExample, short: bool) -> str:
