@@ -1,9 +1,11 @@
 """Read a prepared dataset back through LLaMA-Factory's own loader, converter, processor and template.
 
 LLaMA-Factory skips malformed examples with a log line and trains on the rest (STACK.md), so a
-dataset that "loads" may silently be smaller than the one we wrote. Here every example is run
-through the same code training will run, and any example it would drop, or that breaks the
-`conclusion####reasoning` contract, fails the check by name. The full (untruncated) token length
+dataset that "loads" may silently be smaller than the one we wrote. Here every example of every
+dataset is run through the same code training will run, with the stage that trains on it (sft,
+rm for preference pairs, kto, ppo, pt), and any example it would drop, or whose answer the model
+is to learn (not a rejected or undesirable one) breaks the `conclusion####reasoning` contract,
+fails the check by name. The full (untruncated) token length
 of every example is measured with the model's tokenizer and the training template, so examples
 that `cutoff_len` would cut are reported before any GPU time is spent.
 """
