@@ -84,6 +84,12 @@ def test_conversions_left_by_dead_processes_are_removed(tmp_path: Path) -> None:
     assert not dead.exists() and alive.exists()
 
 
+def test_decode_mode_is_checked() -> None:
+    # "compiled" itself (greedy equal to eager) runs in tests/test_gpu_bench.py, on a tiny Qwen2.
+    with pytest.raises(ValueError, match="decode must be eager or compiled"):
+        ModelRuntime(None, None, device=torch.device("cpu"), decode="fast")  # type: ignore[arg-type]
+
+
 def test_earliest_stop_string_wins_and_may_start_in_the_prefix() -> None:
     assert _earliest_stop("", "a END b STOP", ["STOP", "END"]) == (2, "END")
     assert _earliest_stop("label##", "## why", ["####"]) == (0, "####")

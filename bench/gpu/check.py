@@ -11,6 +11,7 @@ bench/gpu/README.md says how to run it on a lent machine, what each figure means
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import sys
@@ -34,6 +35,8 @@ import serving  # noqa: E402
 import torch  # noqa: E402
 import training  # noqa: E402
 from harness import Figures, Harness, Rows, Section  # noqa: E402
+
+from finetune.config import ADAPTER_DIR  # noqa: E402
 
 # How long the check may run on a lent machine: 9 minutes per call, less the wheel install and slack.
 DEFAULT_BUDGET_S = 500
@@ -70,10 +73,9 @@ class Check:
         self.base = work / "base"
         self.bandwidth: float | None = None
         self.runtime: serving.ModelRuntime | None = None
-        self.runs: dict[str, Path] = {}
         self.dataset: tuple[Path, Any] | None = None
 
-    def sections(self, part: str) -> list[Section]:
+    def sections(self, part: str, only: set[str] | None = None) -> list[Section]:
         train = [Section("train_qlora", 100, lambda: self.train("qlora")),
                  Section("train_lora", 70, lambda: self.train("lora")),
                  Section("merge_lora", 80, self.merge_lora),
@@ -87,7 +89,7 @@ class Check:
         # In one run the bf16 serving figures come first (the decode and early-exit targets), then
         # training (the QLoRA memory target), then the rest of serving.
         chosen = {"train": train, "serve": serve, "all": serve[:2] + train + serve[2:]}[part]
-        return first + chosen
+        return first + [s for s in chosen if only is None or s.name in only]
 
     # -- setup -------------------------------------------------------------------------------------
     def measure_device(self) -> tuple[Figures, Rows]:
@@ -99,6 +101,8 @@ class Check:
         return figures, [(name, f"copy {self.bandwidth / 1e9:.0f} GB/s (read + write)")]
 
     def build(self) -> tuple[Figures, Rows]:
+        if (self.base / "config.json").is_file():  # a second call on the same machine and --work dir
+            return {"reused": str(self.base)}, [("model dir from an earlier call, reused", str(self.base))]
         figures = qwen2.write_random_model(self.base, self.p.shape, self.device, self.dtype)
         return figures, [(f"{figures['params_b']:.2f} B params, {self.dtype}".replace("torch.", ""),
                           f"{figures['weight_gb']:.1f} GB, init {figures['init_s']:.0f} s, save {figures['save_s']:.0f} s")]
@@ -107,9 +111,7 @@ class Check:
     def train(self, method: str) -> tuple[Figures, Rows]:
         if self.dataset is None:
             self.dataset = training.prepare_dataset(self.work, self.base, self.p.train)
-        run, figures, rows = training.train_run(self.work, self.base, *self.dataset, method, self.p.train, self.device)
-        self.runs[method] = run
-        return figures, rows
+        return training.train_run(self.work, self.base, *self.dataset, method, self.p.train, self.device)
 
     def merge_lora(self) -> tuple[Figures, Rows]:
         merged, merge_s = training.merge(self._run("lora"))
@@ -119,15 +121,16 @@ class Check:
                  ("merged model: runtime load + answer", f"{load_s:.1f} s, {figures['answer_tokens']} tokens")])
 
     def qlora_adapter(self) -> tuple[Figures, Rows]:
-        adapter = self._run("qlora") / "adapter"
+        adapter = self._run("qlora") / ADAPTER_DIR
         load_s, figures = self._load_and_answer(self.base, adapter=adapter)
         return ({"load_s": load_s, **figures},
                 [("base + QLoRA adapter: runtime load + answer", f"{load_s:.1f} s, {figures['answer_tokens']} tokens")])
 
     def _run(self, method: str) -> Path:
-        if method not in self.runs:
-            raise RuntimeError(f"the {method} training did not finish in this run")
-        return self.runs[method]
+        run = training.run_dir(self.work, method)
+        if not (run / ADAPTER_DIR / "adapter_config.json").is_file():
+            raise RuntimeError(f"no finished {method} adapter in {run}: train_{method} did not finish")
+        return run
 
     def _load_and_answer(self, model: Path, **kwargs: Any) -> tuple[float, Figures]:
         """The serving runtime loads it and answers one request."""
@@ -149,13 +152,19 @@ class Check:
         return runtime, load_s
 
     def _release(self, runtime: serving.ModelRuntime) -> None:
+        """Give the weights back before the next section loads its own (compiled graphs hold them too)."""
         del runtime.model
+        torch._dynamo.reset()
+        gc.collect()  # force_decoding's wrapper and the model refer to each other
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def _ceiling(self, runtime: serving.ModelRuntime) -> float | None:
-        """Batch-1 decode reads every weight once per token: bandwidth / weight bytes."""
-        return self.bandwidth / runtime.footprint_bytes() if self.bandwidth else None
+        """Batch-1 decode reads every weight once per token, except the input embedding (one row of
+        it): bandwidth / those bytes."""
+        embedding = runtime.model.get_input_embeddings().weight
+        read = runtime.footprint_bytes() - embedding.numel() * embedding.element_size()
+        return self.bandwidth / read if self.bandwidth else None
 
     def serve_bf16(self) -> tuple[Figures, Rows]:
         self.runtime, load_s = self._load(self.base)
@@ -218,7 +227,9 @@ class Check:
 
         args = ["--model", str(self.base), "--max-new-tokens", "16", "--timeout-s", "300"]
         started = time.monotonic()
-        with ServerProcess(args, log=self.work / "gunicorn.log", ready_timeout_s=300) as server:
+        # The server imports this checkout's serve/ and distillery/ whatever its working directory.
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        with ServerProcess(args, env=env, log=self.work / "gunicorn.log", ready_timeout_s=300) as server:
             ready_s = time.monotonic() - started
             began = time.monotonic()
             response = httpx.post(f"{server.url}/algorithm/ChatRest", timeout=300,
@@ -243,10 +254,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where the full figures go (JSON)")
     parser.add_argument("--part", choices=["all", "train", "serve"], default="all")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")),
+                        help="comma-separated sections to run (device and build always run), e.g. a second "
+                             "call for what the first skipped: --only merge_lora,http,serve_int4")
     parser.add_argument("--tiny", action="store_true", help="a tiny Qwen2 on the CPU (or GPU): the CI smoke check")
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                         help="stop starting sections that would run past this; the table comes out regardless")
-    parser.add_argument("--work", type=Path, help="scratch dir (model, datasets, runs) [default: a temp dir]")
+    parser.add_argument("--work", type=Path, help="scratch dir (model, datasets, runs; a model already there is "
+                        "reused) [default: a temp dir]")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -263,7 +278,7 @@ def main() -> None:
     harness.log(f"profile {harness.meta['profile']}, part {args.part}, device {device}, work dir {work}, "
                 f"torch {torch.__version__}, transformers {transformers.__version__}")
     check = Check(PROFILES[harness.meta["profile"]], work, device)
-    harness.run_all(check.sections(args.part))
+    harness.run_all(check.sections(args.part, args.only))
 
 
 if __name__ == "__main__":

@@ -86,10 +86,14 @@ class PeakMemory:
         self._thread.join()
 
 
+def run_dir(work: Path, method: str) -> Path:
+    return work / f"run-{method}"
+
+
 def train_run(work: Path, model_dir: Path, data: Path, manifest: Manifest, method: str, shape: TrainShape,
-              device: torch.device) -> tuple[Path, Figures, Rows]:
-    """One `llamafactory-cli train` run: (run dir, figures, table rows)."""
-    run = work / f"run-{method}"
+              device: torch.device) -> tuple[Figures, Rows]:
+    """One `llamafactory-cli train` run, from scratch: (figures, table rows)."""
+    run = run_dir(work, method)
     overrides = {"max_steps": shape.steps, "per_device_train_batch_size": shape.batch,
                  "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": 100_000,
                  "eval_strategy": "no", "plot_loss": False}
@@ -104,7 +108,7 @@ def train_run(work: Path, model_dir: Path, data: Path, manifest: Manifest, metho
 
     started = time.monotonic()
     with PeakMemory(device) as memory:
-        result = train(run, on_progress=on_progress)
+        result = train(run, fresh=True, on_progress=on_progress)
     total = time.monotonic() - started
     steps = sorted(s for s in stamps if s > 0)
     # The first step (allocation, kernel selection) is left out of the median.
@@ -125,7 +129,7 @@ def train_run(work: Path, model_dir: Path, data: Path, manifest: Manifest, metho
             ("tokens/s", f"{figures['tokens_per_s']:.0f}"),
             ("peak memory" + (" (GPU)" if device.type == "cuda" else " (host RSS)"), f"{memory.peak / 1e9:.1f} GB"),
             ("whole run (process start, load, save)", f"{total:.0f} s")]
-    return run, figures, rows
+    return figures, rows
 
 
 def merge(run: Path) -> tuple[Path, float]:
