@@ -40,6 +40,7 @@ class Harness:
     rows: dict[str, Rows] = field(default_factory=dict)
     meta: Figures = field(default_factory=dict)
     _running: str | None = None
+    _planned: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def log(self, message: str) -> None:
@@ -49,6 +50,7 @@ class Harness:
         return time.monotonic() - self.started
 
     def run_all(self, sections: list[Section]) -> None:
+        self._planned = [s.name for s in sections]
         watchdog = threading.Timer(max(self.budget_s + GRACE_S - self.elapsed(), 1), self._time_up)
         watchdog.daemon = True
         watchdog.start()
@@ -117,6 +119,9 @@ class Harness:
         if name is not None:
             self._record(name, {"status": "failed", "error": f"still running at the time limit "
                                 f"({self.budget_s + GRACE_S:.0f} s)"}, [])
+        for later in self._planned:
+            if later not in self.results:
+                self._record(later, {"status": "skipped", "error": f"the run was stopped in {name}"}, [])
         self.finish()
         import psutil  # the host has it (accelerate needs it)
 
