@@ -20,6 +20,7 @@ this package imports no stage (`distillery.stages` finds them through entry poin
     accounting     prices, costs, token estimates
     runtime        the one model runtime (load, quantize, LoRA, generate with stop strings, score)
     engine         dynamic batching of concurrent callers on one model thread
+    continuous     continuous batching (rows join/leave between decode steps), streaming, cancellation
     completions    the OpenAI chat-completions shapes distillery writes
     formatting     figures as people read them (percentages)
     sentences      Chinese/English sentence boundaries

@@ -41,9 +41,19 @@ class Generation(BaseModel):
 
 class Batching(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # static: a batch runs until its longest row ends. continuous: rows join and leave the running
+    # batch between decode steps (a short answer never waits for a long one) and `stream: true`
+    # works in-process; sampling requests still run static batches (serve/README.md has figures).
+    engine: Literal["static", "continuous"] = "static"
     max_batch: int = Field(16, ge=1)  # 1 = one request at a time (the old design)
-    max_wait_ms: float = Field(10.0, ge=0)  # how long the first request waits for companions
+    max_wait_ms: float = Field(10.0, ge=0)  # how long the first request waits for companions (static)
     max_queue: int = Field(64, ge=1)  # requests waiting beyond this are refused with 503
+    # Paged KV cache of the continuous engine, in tokens; None = max_batch x 512, and at least one
+    # longest prompt with a longest answer.
+    kv_cache_tokens: int | None = Field(None, ge=1)
+    # continuous: rows reuse the KV blocks of a prompt prefix already computed (system prompt,
+    # instruction, few-shot turns), so they prefill only what is their own. Exact (see README).
+    prefix_sharing: bool = True
 
 
 class ServeConfig(BaseModel):
@@ -58,6 +68,9 @@ class ServeConfig(BaseModel):
     upstream_api_key_env: str = f"{ENV_PREFIX}UPSTREAM_API_KEY"
     adapter: str | None = None  # LoRA adapter dir (finetune's output) applied on `model`
     quantization: Literal["none", "int8", "int4"] = "none"
+    # compiled: a static KV cache and torch.compile for one-request decode (GPU; each longer
+    # request length compiles once). eager stays right on a CPU, where compiling does not pay.
+    decode: Literal["eager", "compiled"] = "eager"
     device: str = "auto"  # auto = cuda when available, else cpu
     # torch's intra-op threads; None = torch's default (all cores). On a CPU shared with other
     # processes, fewer threads than cores avoids OpenMP threads waiting on descheduled peers.

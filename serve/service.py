@@ -1,5 +1,6 @@
 """The model behind the HTTP routes: one per process, loaded in the background, fed through the
-shared runtime's Batcher, with its outcomes turned into answers or ApiErrors.
+shared runtime's engine (the static Batcher, or the ContinuousEngine that also streams), with
+its outcomes turned into answers or ApiErrors.
 
 Loading in the background lets the process answer /healthz at once and /readyz honestly while
 a 7B model takes a minute to load, and keeps gunicorn's worker-boot timeout out of the picture.
@@ -7,15 +8,19 @@ a 7B model takes a minute to load, and keeps gunicorn's worker-boot timeout out 
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import jinja2
 import torch
 from transformers.utils import logging as hf_logging
 
+from distillery.continuous import ContinuousEngine, StreamTimeout, TextStream
 from distillery.engine import Batcher, QueueFull
 from distillery.runtime import Generation, GenerationConfig, ModelRuntime
 
@@ -34,7 +39,7 @@ class ModelService:
         `config.model` in a background thread on start()."""
         self.config = config
         self._runtime = runtime
-        self._batcher: Batcher | None = None
+        self._batcher: Batcher | ContinuousEngine | None = None
         self._state: State = "loading"
         self._error: str | None = None
         self._lock = threading.Lock()
@@ -58,7 +63,7 @@ class ModelService:
             if cfg.torch_threads is not None:
                 torch.set_num_threads(cfg.torch_threads)  # process-wide; the batcher thread inherits it
             runtime = ModelRuntime.load(cfg.model, adapter=cfg.adapter, quantization=cfg.quantization,
-                                        device=cfg.device)
+                                        device=cfg.device, decode=cfg.decode)
         except Exception as exc:  # every load failure leaves a process that says why, not a dead one
             log.exception("the model failed to load")
             with self._lock:
@@ -68,24 +73,36 @@ class ModelService:
 
     def _become_ready(self, runtime: ModelRuntime, seconds: float) -> None:
         cfg = self.config
-        batcher = Batcher(runtime, max_batch=cfg.batching.max_batch, max_wait_ms=cfg.batching.max_wait_ms,
-                          max_queue=cfg.batching.max_queue)
+        batching = cfg.batching
+        max_new = cfg.generation.max_new_tokens
         limit = cfg.max_prompt_tokens
         if runtime.context_length is not None:
             # Prompt and answer share the context window; keep room for a full-length answer.
-            room = runtime.context_length - cfg.generation.max_new_tokens
+            room = runtime.context_length - max_new
             if room < limit:
                 log.warning("max_prompt_tokens %d lowered to %d: the model's context is %d tokens and "
-                            "max_new_tokens is %d", limit, room, runtime.context_length, cfg.generation.max_new_tokens)
+                            "max_new_tokens is %d", limit, room, runtime.context_length, max_new)
                 limit = room
+        batcher: Batcher | ContinuousEngine
+        if batching.engine == "continuous":
+            kv_tokens = batching.kv_cache_tokens or max(batching.max_batch * 512, limit + max_new)
+            if kv_tokens - max_new < limit:  # a longest prompt must fit with a longest answer
+                log.warning("max_prompt_tokens %d lowered to %d: batching.kv_cache_tokens is %d and "
+                            "max_new_tokens is %d", limit, kv_tokens - max_new, kv_tokens, max_new)
+                limit = kv_tokens - max_new
+            batcher = ContinuousEngine(runtime, max_batch=batching.max_batch, max_queue=batching.max_queue,
+                                       kv_cache_tokens=kv_tokens, prefix_sharing=batching.prefix_sharing)
+        else:
+            batcher = Batcher(runtime, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
+                              max_queue=batching.max_queue)
         with self._lock:
             self._runtime, self._batcher = runtime, batcher
             self.max_prompt_tokens = max(1, limit)
             self.load_seconds = seconds
             self._state = "ready"
-        log.info("model ready in %.1f s on %s: %.0f MB of weights, quantization %s, max_batch %d, max_queue %d",
-                 seconds, runtime.device, runtime.footprint_bytes() / 1e6, runtime.quantization,
-                 cfg.batching.max_batch, cfg.batching.max_queue)
+        log.info("model ready in %.1f s on %s: %.0f MB of weights, quantization %s, %s engine, max_batch %d, "
+                 "max_queue %d", seconds, runtime.device, runtime.footprint_bytes() / 1e6, runtime.quantization,
+                 batching.engine, batching.max_batch, batching.max_queue)
 
     def close(self) -> None:
         """Refuse new requests, fail the queued ones, let the running batch finish."""
@@ -107,9 +124,14 @@ class ModelService:
         return self._error
 
     @property
-    def batcher(self) -> Batcher | None:
-        """The batcher feeding the model (None until it is loaded)."""
+    def batcher(self) -> Batcher | ContinuousEngine | None:
+        """The engine feeding the model (None until it is loaded)."""
         return self._batcher
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether `stream` works: the continuous engine streams, the static batcher answers whole."""
+        return self.config.batching.engine == "continuous"
 
     def describe(self) -> dict[str, object]:
         """What /readyz reports: enough to tell which model a replica is serving, and how."""
@@ -140,7 +162,7 @@ class ModelService:
             batcher=self._batcher.stats if self._batcher is not None else None,
         )
 
-    def _ready(self) -> tuple[ModelRuntime, Batcher]:
+    def _ready(self) -> tuple[ModelRuntime, Batcher | ContinuousEngine]:
         runtime, batcher = self._runtime, self._batcher
         if self._state == "ready" and runtime is not None and batcher is not None:
             return runtime, batcher
@@ -186,28 +208,74 @@ class ModelService:
         """Queue the conversation for the batcher and wait for its answer until `timeout_s`
         after `started` (time.monotonic() when the request arrived)."""
         _, batcher = self._ready()
-        try:
+        with _admission():
             future = batcher.submit(messages, config)
-        except QueueFull as exc:
-            raise ApiError(503, f"the server is at capacity ({exc}); retry shortly", kind="server_busy",
-                           headers={"Retry-After": "1"}) from None
-        except RuntimeError as exc:  # closed: shutting down
-            raise ApiError(503, f"the server is not accepting requests: {exc}", kind="server_not_ready") from None
         timeout = self.config.timeout_s
         try:
             return future.result(timeout=max(0.0, timeout - (time.monotonic() - started)))
         except TimeoutError:
-            # A queued request is dropped; one already generating cannot be interrupted (the
-            # runtime has no cancel) and its batch-mates still get their answers.
+            # Cancelling stops the request: the continuous engine drops it even mid-answer; the
+            # static batcher only while it is queued (its batch-mates still get their answers).
             dropped = future.cancel()
             log.warning("rid=%s timed out after %.0f s (%s)", rid, timeout,
-                        "dropped from the queue" if dropped else "its batch still runs")
+                        "stopped" if dropped else "its batch still runs")
             raise ApiError(504, f"no answer within {timeout:g} s; retry later or with a shorter prompt",
                            kind="timeout") from None
         except Exception:
             log.exception("rid=%s generation failed", rid)
             raise ApiError(500, f"generation failed (request id {rid}); the server log has the details",
                            kind="server_error") from None
+
+    def stream(self, messages: list[dict], config: GenerationConfig, *, started: float, rid: str) -> ModelStream:
+        """The answer as it is generated (continuous engine only: see `can_stream`). Errors before
+        the first delta raise here; after it, iterating raises them as ApiErrors."""
+        _, engine = self._ready()
+        if not isinstance(engine, ContinuousEngine):
+            raise ApiError(400, "'stream': this server runs the static batcher; set batching.engine: continuous")
+        with _admission():
+            text = engine.stream(messages, config, deadline=started + self.config.timeout_s)
+        return ModelStream(text, rid=rid, timeout_s=self.config.timeout_s)
+
+
+class ModelStream:
+    """An in-process answer with UpstreamStream's shape (iterate text deltas, then `generation`;
+    `close` stops it), so the OpenAI route streams both the same way."""
+
+    def __init__(self, text: TextStream, *, rid: str, timeout_s: float) -> None:
+        self._text, self._rid, self._timeout_s = text, rid, timeout_s
+
+    @property
+    def generation(self) -> Generation | None:
+        return self._text.generation
+
+    def close(self) -> None:
+        self._text.close()
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._text
+        except StreamTimeout:
+            log.warning("rid=%s timed out after %.0f s (stopped mid-stream)", self._rid, self._timeout_s)
+            raise ApiError(504, f"no answer within {self._timeout_s:g} s; retry later or with a shorter prompt",
+                           kind="timeout") from None
+        except concurrent.futures.CancelledError:
+            raise  # the caller closed the stream itself
+        except Exception:
+            log.exception("rid=%s generation failed", self._rid)
+            raise ApiError(500, f"generation failed (request id {self._rid}); the server log has the details",
+                           kind="server_error") from None
+
+
+@contextmanager
+def _admission() -> Iterator[None]:
+    """An engine's refusals to queue a request, as the 503s a client can act on."""
+    try:
+        yield
+    except QueueFull as exc:
+        raise ApiError(503, f"the server is at capacity ({exc}); retry shortly", kind="server_busy",
+                       headers={"Retry-After": "1"}) from None
+    except RuntimeError as exc:  # closed: shutting down
+        raise ApiError(503, f"the server is not accepting requests: {exc}", kind="server_not_ready") from None
 
 
 def describe_model(config: ServeConfig) -> str:
