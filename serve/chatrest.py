@@ -4,6 +4,10 @@
     success:  {"sucess": true, "code": "200", "msg": "解析成功", "data": {"query": ..., "answer": ...}}
     failure:  {"sucess": false, "code": "<HTTP status>", "msg": "<what is wrong>", "data": null}
 
+With `"stream": true` (opt-in; the continuous engine or an upstream engine) the answer comes as
+server-sent events, each one such envelope: `data: {"delta": "..."}` while it is generated, then
+the envelope a whole answer gets; a failure after the first event is a failure envelope event.
+
 `sucess` is misspelled on purpose: that is the key the apps read. By default the answer stops
 at the separator (`####`), so a model trained on `conclusion####reasoning` answers with the
 conclusion alone and spends no time on the reasoning; `"reasoning": true` returns both parts.
@@ -18,8 +22,11 @@ from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
 
+from distillery.runtime import Generation
+
 from .edge import ApiError, parse, read_json_object
 from .service import ModelService
+from .streaming import event_stream, open_stream
 from .upstream import UpstreamService
 
 PATH = "/algorithm/ChatRest"
@@ -58,6 +65,7 @@ class ChatRestRequest(BaseModel):
     prompt: StrictStr
     history: list[Turn] | None = None
     reasoning: StrictBool = False  # also return the reasoning after the separator
+    stream: StrictBool = False  # server-sent events as the answer is generated
 
     _prompt_not_blank = field_validator("prompt")(_not_blank)
 
@@ -79,12 +87,7 @@ def blueprint(service: ModelService | UpstreamService) -> Blueprint:
     early_exit = service.generation_config(stop=[sep])
     full = service.generation_config()
 
-    @bp.post(PATH)
-    def chat_rest() -> Response:
-        req = parse(ChatRestRequest, read_json_object(request, _EXAMPLE))
-        messages = to_messages(req, service.config.system_prompt)
-        service.count_prompt_tokens(messages)
-        gen = service.generate(messages, full if req.reasoning else early_exit, started=g.started, rid=g.rid)
+    def answer_data(req: ChatRestRequest, gen: Generation) -> dict[str, Any]:
         if req.reasoning:
             head, found, tail = gen.text.partition(sep)
             conclusion, reasoning = head.strip(), (tail.strip() if found else None)
@@ -92,8 +95,6 @@ def blueprint(service: ModelService | UpstreamService) -> Blueprint:
         else:
             conclusion = answer = gen.text.strip()
             reasoning = None
-        g.generation = gen
-        g.texts = {"prompt": req.prompt, "answer": answer}
         data = {
             "query": req.prompt,
             "answer": answer,
@@ -107,6 +108,23 @@ def blueprint(service: ModelService | UpstreamService) -> Blueprint:
         }
         if gen.note:
             data["note"] = gen.note
+        return data
+
+    @bp.post(PATH)
+    def chat_rest() -> Response:
+        req = parse(ChatRestRequest, read_json_object(request, _EXAMPLE))
+        messages = to_messages(req, service.config.system_prompt)
+        config = full if req.reasoning else early_exit
+        if req.stream:
+            return event_stream(open_stream(service, messages, config),
+                                piece=lambda text: envelope(200, OK_MSG, {"delta": text}),
+                                closing=lambda gen: [envelope(200, OK_MSG, answer_data(req, gen))],
+                                failure=lambda err: envelope(err.status, err.message))
+        service.count_prompt_tokens(messages)
+        gen = service.generate(messages, config, started=g.started, rid=g.rid)
+        data = answer_data(req, gen)
+        g.generation = gen
+        g.texts = {"prompt": req.prompt, "answer": data["answer"]}
         return jsonify(envelope(200, OK_MSG, data))
 
     return bp

@@ -3,26 +3,28 @@ so apps can use the OpenAI SDK: `OpenAI(base_url="http://host:8000/v1", api_key=
 
 `stop` is honoured whatever tokens spell it (`"stop": ["####"]` is the early exit here too).
 `stream: true` streams server-sent events as OpenAI's API does (usage in a last chunk when
-`stream_options.include_usage` is set) in front of an upstream engine (`serve --upstream`);
-the in-process runtime answers whole, so there it is refused with a 400, as `n` > 1 is.
+`stream_options.include_usage` is set) in front of an upstream engine (`serve --upstream`) and
+in-process with `batching.engine: continuous`; the static batcher answers whole, so there it is
+refused with a 400, as `n` > 1 is.
 Sampling fields other than temperature/top_p/seed (penalties, logit_bias...) are ignored.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from distillery.completions import chat_completion, chat_completion_chunk, model_list
+from distillery.runtime import Generation
 
 from .edge import ApiError, json_type, parse, read_json_object
 from .service import ModelService
-from .upstream import UpstreamService, UpstreamStream
+from .streaming import AnswerStream, event_stream, open_stream
+from .upstream import UpstreamService
 
 PREFIX = "/v1/"
 _EXAMPLE = '{"model": "distillery", "messages": [{"role": "user", "content": "..."}]}'
@@ -106,11 +108,7 @@ def blueprint(service: ModelService | UpstreamService) -> Blueprint:
         config = service.generation_config(max_new_tokens=req.max_completion_tokens or req.max_tokens,
                                            temperature=req.temperature, top_p=req.top_p, stop=req.stop, seed=req.seed)
         if req.stream:
-            if not isinstance(service, UpstreamService):
-                raise ApiError(400, "'stream': streaming is served in front of an upstream engine (serve --upstream); "
-                                    "this server's in-process model answers whole: send stream=false (the default)")
-            service.count_prompt_tokens(messages)
-            return _streamed(service.stream(messages, config, started=g.started, rid=g.rid), model_name,
+            return _streamed(open_stream(service, messages, config), model_name,
                              include_usage=bool(req.stream_options and req.stream_options.include_usage))
         service.count_prompt_tokens(messages)
         gen = service.generate(messages, config, started=g.started, rid=g.rid)
@@ -123,36 +121,23 @@ def blueprint(service: ModelService | UpstreamService) -> Blueprint:
             body["note"] = gen.note
         return jsonify(body)
 
-    def _streamed(upstream: UpstreamStream, model: str, *, include_usage: bool) -> Response:
+    def _streamed(answer: AnswerStream, model: str, *, include_usage: bool) -> Response:
         rid, created = f"chatcmpl-{g.rid}", int(time.time())
-        observe = current_app.extensions["distillery.observe_stream"]
 
-        def event(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
-            chunk = chat_completion_chunk(id=rid, model=model, created=created, delta=delta, finish_reason=finish,
-                                          usage=usage)
-            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> dict[str, Any]:
+            return chat_completion_chunk(id=rid, model=model, created=created, delta=delta, finish_reason=finish,
+                                         usage=usage)
 
-        def events() -> Iterator[str]:
-            error = None
-            try:
-                yield event({"role": "assistant", "content": ""})
-                for piece in upstream:
-                    yield event({"content": piece})
-                gen = upstream.generation
-                assert gen is not None
-                yield event({}, gen.finish_reason)
-                if include_usage:
-                    yield event(None, usage={"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens})
-                yield "data: [DONE]\n\n"
-            except ApiError as err:  # the status line is sent: the SDK raises on an error event
-                error = err.message
-                yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind}}, ensure_ascii=False)}\n\n"
-            finally:  # also when the caller disconnects (GeneratorExit): the upstream stops too
-                upstream.close()
-                observe(upstream.generation, error)
+        def closing(gen: Generation) -> Iterator[dict[str, Any] | str]:
+            yield chunk({}, gen.finish_reason)
+            if include_usage:
+                yield chunk(None, usage={"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens})
+            yield "[DONE]"
 
-        return Response(stream_with_context(events()), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # The SDK raises on an error event: the status line is already sent.
+        return event_stream(answer, opening=[chunk({"role": "assistant", "content": ""})],
+                            piece=lambda text: chunk({"content": text}), closing=closing,
+                            failure=lambda err: {"error": {"message": err.message, "type": err.kind}})
 
     @bp.get("/v1/models")
     def models() -> Response:

@@ -32,6 +32,8 @@ _RECHECK_S = 5.0  # how stale a readiness answer may be
 
 
 class UpstreamService:
+    can_stream = True  # an upstream engine streams, whatever its batching
+
     def __init__(self, config: ServeConfig) -> None:
         assert config.upstream is not None
         self.config = config

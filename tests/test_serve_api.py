@@ -210,6 +210,7 @@ JSON = {"Content-Type": "application/json"}
         ("POST", CHAT, {"json": {"prompt": "hi", "history": [{"query": "a", "answer": 1}]}}, 400,
          "'history[0].answer' must be a string, not number"),
         ("POST", CHAT, {"json": {"prompt": "hi", "reasoning": "yes"}}, 400, "'reasoning' must be true or false"),
+        ("POST", CHAT, {"json": {"prompt": "hi", "stream": True}}, 400, "answers whole with the static batcher"),
         ("POST", CHAT, {"json": {"prompt": "word " * 300}}, 400, "this server accepts at most 200"),
         ("POST", CHAT, {"json": {"prompt": "x" * 5000}}, 413, "larger than 4096 bytes"),
         ("POST", CHAT, {"data": {"prompt": "hi"}}, 415, "Content-Type must be application/json"),

@@ -3,6 +3,7 @@ worker holding SmolLM2) in its own process on 127.0.0.1, driven by concurrent HT
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import threading
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 pytest.importorskip("torch", reason="needs the model extra")
@@ -103,3 +105,53 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits(server: ServerProc
         server.proc.send_signal(signal.SIGTERM)
         assert in_flight.result(timeout=120).strip()
     assert server.proc.wait(60) == 0  # a clean exit, not a kill
+
+
+@pytest.fixture(scope="module")
+def continuous(embedded_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    args = ["--torch-threads", "1", "--engine", "continuous", "--max-new-tokens", "24", "--timeout-s", "300"]
+    env = {"DISTILLERY_CACHE": str(embedded_cache), "DISTILL_SERVE_API_KEY": KEY}
+    with ServerProcess(args, env=env, log=tmp_path_factory.mktemp("continuous") / "server.log") as server:
+        yield server
+
+
+def chatrest_events(client: httpx.Client, body: dict) -> list[dict]:
+    """The envelopes of a streamed ChatRest answer, one per server-sent event."""
+    with client.stream("POST", "/algorithm/ChatRest", json=body | {"stream": True}, headers=AUTH) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        return [json.loads(line[len("data: "):]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_the_continuous_engine_streams_through_gunicorn_to_the_openai_sdk_and_chatrest(
+        continuous: ServerProcess) -> None:
+    question = [{"role": "user", "content": "Write the string 'relevant####because' three times."}]
+    client = openai.OpenAI(base_url=f"{continuous.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    whole = client.chat.completions.create(model="distillery", messages=question, stop=["####"], max_tokens=24)
+    chunks = list(client.chat.completions.create(model="distillery", messages=question, stop=["####"], max_tokens=24,
+                                                 stream=True, stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1 and "".join(pieces) == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+    with httpx.Client(base_url=continuous.url, timeout=120) as http:
+        body = {"prompt": "Is the sun a star? Answer yes or no, then explain why in detail.", "reasoning": True}
+        plain = http.post("/algorithm/ChatRest", json=body, headers=AUTH).json()["data"]
+        events = chatrest_events(http, body)
+    assert all(e["sucess"] is True and e["code"] == "200" for e in events)
+    deltas, last = [e["data"]["delta"] for e in events[:-1]], events[-1]["data"]
+    assert len(deltas) > 1 and "".join(deltas).strip() == last["answer"] == plain["answer"]
+    assert last["finish_reason"] == plain["finish_reason"] and last["usage"] == plain["usage"]
+
+
+def test_concurrent_clients_of_the_continuous_engine_get_the_answers_served_one_at_a_time(
+        continuous: ServerProcess) -> None:
+    prompts = PROMPTS[:8]
+    with httpx.Client(base_url=continuous.url, timeout=120) as client:
+        sequential = [ask(client, p) for p in prompts]
+
+    def one_client(prompt: str) -> str:
+        with httpx.Client(base_url=continuous.url, timeout=120) as client:
+            return ask(client, prompt)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        assert list(pool.map(one_client, prompts)) == sequential

@@ -4,6 +4,7 @@ clear envelope (with the Moonshot double, whose faults can be injected)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -167,3 +168,27 @@ def test_a_caller_that_goes_away_stops_the_upstream_answer(caplog: pytest.LogCap
             while "stream ended" not in caplog.text and time.monotonic() < deadline:
                 time.sleep(0.05)
     assert "finish=cancelled" in caplog.text and time.monotonic() - started < 6
+
+
+def chatrest_events(client: httpx.Client, body: dict) -> list[dict]:
+    with client.stream("POST", CHAT, json=body | {"stream": True}) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        return [json.loads(line[len("data: "):]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_chatrest_streams_on_request_and_ends_with_the_envelope_a_whole_answer_gets() -> None:
+    with FakeMoonshot(api_key=None) as upstream:  # streams "label####reason" in pieces, whatever `stop`
+        with front(upstream.base_url) as client:
+            for reasoning in (False, True):
+                body = {"prompt": "这段文字与个人信息相关吗？", "reasoning": reasoning}
+                whole = client.post(CHAT, json=body).json()
+                events = chatrest_events(client, body)
+                deltas = [e["data"]["delta"] for e in events[:-1]]
+                assert events[-1]["sucess"] is True and events[-1]["data"]["answer"] == whole["data"]["answer"]
+                assert "".join(deltas).strip() == whole["data"]["answer"]
+                assert len(deltas) > 1 if reasoning else deltas  # the whole answer comes in 8-character pieces
+                assert ("####" in whole["data"]["answer"]) is reasoning  # the early exit holds while streaming
+
+            upstream.inject("truncated")  # the upstream dies half way through its answer
+            events = chatrest_events(client, {"prompt": "hi", "reasoning": True})
+    assert events[-1]["sucess"] is False and events[-1]["code"] == "502" and events[-1]["data"] is None
