@@ -4,7 +4,6 @@ the same run.
 
     .venv/bin/python bench/serve_bench.py --torch-threads 1          # CPU, SmolLM2 (~7 min, 2 cores)
     .venv/bin/python bench/serve_bench.py --quick                    # fewer requests
-    python bench/serve_bench.py --gpu                                # CUDA: Qwen2-7B shape, random weights
 
 CPU mode (the embedded SmolLM2-135M-Instruct, greedy, each server a real `distill-serve
 gunicorn` process on 127.0.0.1, started and stopped here, one at a time so they never share
@@ -20,10 +19,7 @@ the CPU):
 3. memory: model weights (/readyz footprint_bytes) and process RSS (/metrics) per quantization
    none/int8/int4, with the time per answer token of single requests.
 
-GPU mode builds the Qwen2-7B-Instruct architecture from its config with random weights (no
-weights can be downloaded there), loads it through the same ModelRuntime at bf16, int8 and int4,
-and reports decode tokens/s at batch 1, 8 and 32 and through the Batcher under 32 concurrent
-callers, against the memory-bandwidth ceiling (weights bytes / bandwidth per token at batch 1).
+The production shape (Qwen2-7B on a GPU) is measured by bench/gpu/ (its README).
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -237,128 +232,19 @@ def cpu_mode(args: argparse.Namespace) -> None:
             sections[name](args, log_dir)
 
 
-# -- GPU mode ----------------------------------------------------------------------------------
-
-QWEN2_7B = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                intermediate_size=18944, vocab_size=152064, rope_theta=1e6, max_position_embeddings=32768,
-                tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
-# Peak HBM bandwidth, bytes/s (STACK.md): the batch-1 decode ceiling is this / weight bytes.
-BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def build_random_qwen2(target: Path, shape: dict[str, Any] = QWEN2_7B, device: str = "cuda") -> Path:
-    """The Qwen2-7B-Instruct architecture with random bf16 weights, saved as a model dir that
-    ModelRuntime.load (and so bitsandbytes quantization) reads like a real checkpoint.
-
-    No EOS token in the config: random weights could emit it at any step, and every figure
-    assumes every row decodes exactly max_new_tokens. The tokenizer is a byte-level stand-in
-    with ChatML markers (Qwen2's own files cannot be downloaded there); tokens/s are decode
-    steps, which do not depend on it."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
-
-    if (target / "config.json").is_file():
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    raw = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                        additional_special_tokens=["<|im_start|>"])
-    tokenizer.chat_template = CHATML
-    with torch.device(device):  # random init of 7.6B parameters: seconds on the GPU, minutes on CPU
-        model = AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=torch.bfloat16)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    del model
-    torch.cuda.empty_cache()
-    return target
-
-
-def gpu_mode(args: argparse.Namespace) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        sys.exit(f"--gpu needs a CUDA GPU, and torch.cuda.is_available() is False here (torch {torch.__version__}, "
-                 f"built for CUDA {torch.version.cuda or 'none'}). Run it on a GPU host: see serve/README.md, "
-                 "'Benchmark on a GPU'.")
-    from distillery.engine import Batcher
-    from distillery.runtime import GenerationConfig, ModelRuntime
-
-    name = torch.cuda.get_device_name()
-    bandwidth = args.bandwidth_tbs * 1e12 if args.bandwidth_tbs else next(
-        (bw for key, bw in BANDWIDTH.items() if key in name), None)
-    if bandwidth is None:
-        sys.exit(f"unknown peak bandwidth for {name}: pass --bandwidth-tbs")
-    print(f"serve bench, GPU mode: {name}, peak bandwidth {bandwidth / 1e12:.2f} TB/s; Qwen2-7B shape, random weights")
-    model_dir = build_random_qwen2(Path(args.work_dir))
-    new = args.gpu_new_tokens
-    config = GenerationConfig(max_new_tokens=new)
-    prompt = [{"role": "user", "content": "x" * 120}]  # ~130 tokens with the template
-    rows = []
-    for quantization in ("none", "int8", "int4"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        runtime = ModelRuntime.load(model_dir, quantization=quantization)
-        weights = runtime.footprint_bytes()
-        runtime.generate([prompt], GenerationConfig(max_new_tokens=8))  # warm-up: kernels, allocator
-        figures = {}
-        for batch in (1, 8, 32):
-            torch.cuda.synchronize()
-            started = time.perf_counter()
-            out = runtime.generate([prompt] * batch, config)
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - started
-            assert all(g.completion_tokens <= new for g in out)
-            figures[batch] = batch * new / seconds  # every row decodes `new` steps: no EOS in the config
-        # Under load: 32 callers through the Batcher, as the server's threads would submit.
-        batcher = Batcher(runtime, max_batch=32, max_wait_ms=10, max_queue=256)
-        started = time.perf_counter()
-        with ThreadPoolExecutor(32) as pool:
-            futures = [pool.submit(lambda b=batcher: b.submit(prompt, config).result()) for _ in range(64)]
-            for f in futures:
-                f.result()
-        loaded = 64 * new / (time.perf_counter() - started)
-        mean_batch = batcher.stats.mean_size
-        batcher.close()
-        ceiling = bandwidth / weights
-        label = "bf16" if quantization == "none" else quantization
-        rows.append((label, weights, torch.cuda.max_memory_allocated(), figures, loaded, mean_batch, ceiling))
-        print(f"  {label}: weights {weights / 1e9:.1f} GB, batch-1 {figures[1]:.0f} tokens/s = "
-              f"{figures[1] / ceiling:.0%} of its ceiling {ceiling:.0f}; under load {loaded:.0f} tokens/s", flush=True)
-        del runtime
-    bf16_ceiling = rows[0][6]
-    print(f"\n| weights | GB | peak GPU GB | batch 1 tok/s | ceiling tok/s | of ceiling | of bf16 ceiling "
-          f"({bf16_ceiling:.0f}) | batch 8 tok/s | batch 32 tok/s | 32 callers via Batcher tok/s (mean batch) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, weights, peak, figures, loaded, mean_batch, ceiling in rows:
-        print(f"| {label} | {weights / 1e9:.1f} | {peak / 1e9:.1f} | {figures[1]:.0f} | {ceiling:.0f} | "
-              f"{figures[1] / ceiling:.0%} | {figures[1] / bf16_ceiling:.0%} | {figures[8]:.0f} | {figures[32]:.0f} | "
-              f"{loaded:.0f} ({mean_batch:.1f}) |")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", action="store_true", help="GPU mode: Qwen2-7B shape, random weights (needs CUDA).")
     parser.add_argument("--quick", action="store_true", help="Fewer requests per figure.")
     parser.add_argument("--only", action="append", choices=["throughput", "early-exit", "memory"],
-                        help="CPU mode: run only this section (repeatable).")
+                        help="Run only this section (repeatable).")
     parser.add_argument("--torch-threads", type=int, help="Server torch threads (CPU) [default: torch's].")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="CPU throughput answers' length bound.")
     parser.add_argument("--early-exit-tokens", type=int, default=96,
                         help="Bound for full answers in the early-exit run.")
     parser.add_argument("--log-dir", help="Keep the servers' logs here.")
-    parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "distillery-qwen2-7b-random"),
-                        help="GPU mode: where the random Qwen2-7B checkpoint is written once (~15 GB).")
-    parser.add_argument("--gpu-new-tokens", type=int, default=256, help="GPU mode: decode steps per row.")
-    parser.add_argument("--bandwidth-tbs", type=float, help="GPU mode: peak memory bandwidth, TB/s [H100/H200 known].")
     args = parser.parse_args()
     args.requests, args.rounds, args.early_exit_rounds = (8, 1, 1) if args.quick else (16, 2, 2)
-    gpu_mode(args) if args.gpu else cpu_mode(args)
+    cpu_mode(args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 CHECK_DIR = Path(__file__).resolve().parents[1] / "bench" / "gpu"
-SECTIONS = ["device", "build", "serve_bf16", "decode_compiled", "train_qlora", "train_lora", "merge_lora",
+SECTIONS = ["device", "build", "serve_bf16", "continuous", "decode_compiled", "train_qlora", "train_lora", "merge_lora",
             "qlora_adapter", "http", "serve_int4", "serve_int8"]
 
 
@@ -54,6 +54,9 @@ def test_every_section_runs_and_reports_its_figures(tiny_run: tuple[dict[str, An
     # Forced lengths: the stop fires right after the forced separator, full answers run to the end.
     early = served["early_exit"]
     assert early["conclusion_tokens"] == 4 + 4 and early["full_tokens"] == 4 + 4 + 24
+    crowds = sections["continuous"]["concurrency_continuous"]
+    assert [(c["engine"], c["clients"], c["requests"]) for c in crowds] == [("continuous", 8, 8), ("continuous", 32, 32)]
+    assert all(c["tokens_per_s"] > 0 and c["p95_s"] >= c["p50_s"] > 0 for c in crowds)
     compiled = sections["decode_compiled"]
     assert compiled["greedy_equal_to_eager"] is True and compiled["batch1_compiled"]["tokens_per_s"] > 0
     assert sections["http"]["http_status"] == 200 and sections["http"]["completion_tokens"] > 0

@@ -81,6 +81,7 @@ class Check:
                  Section("merge_lora", 80, self.merge_lora),
                  Section("qlora_adapter", 30, self.qlora_adapter)]
         serve = [Section("serve_bf16", 120, self.serve_bf16),
+                 Section("continuous", 60, self.continuous),
                  Section("decode_compiled", 120, self.decode_compiled),
                  Section("http", 50, self.http),
                  Section("serve_int4", 45, lambda: self.serve_quantized("int4")),
@@ -88,7 +89,7 @@ class Check:
         first = [Section("device", 10, self.measure_device), Section("build", 60, self.build)]
         # In one run the bf16 serving figures come first (the decode and early-exit targets), then
         # training (the QLoRA memory target), then the rest of serving.
-        chosen = {"train": train, "serve": serve, "all": serve[:2] + train + serve[2:]}[part]
+        chosen = {"train": train, "serve": serve, "all": serve[:3] + train + serve[3:]}[part]
         return first + [s for s in chosen if only is None or s.name in only]
 
     # -- setup -------------------------------------------------------------------------------------
@@ -184,6 +185,17 @@ class Check:
                      f"{exit_['conclusion_s']:.2f} s ({exit_['conclusion_tokens']} tok) vs {exit_['full_s']:.2f} s "
                      f"({exit_['full_tokens']} tok): {exit_['speedup']:.1f}x"))
         return figures, rows
+
+    def continuous(self) -> tuple[Figures, Rows]:
+        """The same crowds through serve's continuous engine (prefix sharing on, the prompts sharing
+        all but their last tokens), beside the static Batcher's figures from serve_bf16."""
+        if self.runtime is None:
+            raise RuntimeError("serve_bf16 did not load the model")
+        crowds = [serving.concurrent_clients(self.runtime, self.p.serve, n, engine="continuous")
+                  for n in self.p.serve.clients]
+        return ({"concurrency_continuous": crowds},
+                [(f"{c['clients']} clients, continuous: aggregate, p50/p95",
+                  f"{c['tokens_per_s']:.0f} tok/s, {c['p50_s']:.2f}/{c['p95_s']:.2f} s") for c in crowds])
 
     def decode_compiled(self) -> tuple[Figures, Rows]:
         if self.runtime is None:

@@ -1,9 +1,13 @@
-"""Serving figures through the product's own runtime (`ModelRuntime`) and engine (`Batcher`).
+"""Serving figures through the product's own runtime (`ModelRuntime`) and engines (`Batcher`,
+`ContinuousEngine`).
 
 Random weights write no answer of their own, so every generate call here runs with `ForcedDecode`:
 the end tokens are never chosen (each answer is exactly max_new_tokens long, as with vLLM's
 ignore_eos), and where an early exit is measured the separator `####` is spelled at a chosen step,
-so the stop string fires where a trained model's conclusion would end.
+so the stop string fires where a trained model's conclusion would end. The continuous engine
+decodes through transformers' own manager, which takes no per-call logits processor: its answers
+run to max_new_tokens unless the random weights happen to pick an end token (3 ids in 152k);
+its tokens/s counts the tokens it did generate.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from distillery.continuous import ContinuousEngine
 from distillery.engine import Batcher
 from distillery.records import SEPARATOR
 from distillery.runtime import GenerationConfig, ModelRuntime
@@ -67,10 +72,13 @@ class ServeShape:
     reasoning_tokens: int  # what a full answer adds after the separator
 
 
-def messages(shape: ServeShape, salt: int = 0) -> list[dict]:
-    # One byte is one token under the byte-level tokenizer; the salt keeps requests distinct.
-    body = f"Request {salt}. " + "Is this text about personal data protection? " * (shape.prompt_tokens // 46 + 1)
-    return [{"role": "user", "content": body[: shape.prompt_tokens]}]
+def messages(shape: ServeShape, salt: int = 0, *, shared_prefix: bool = False) -> list[dict]:
+    # One byte is one token under the byte-level tokenizer; the salt keeps requests distinct. At
+    # the end it leaves the rest a prefix every request shares, as a task's instruction is.
+    text = "Is this text about personal data protection? " * (shape.prompt_tokens // 46 + 1)
+    tag = f"Request {salt}. "
+    body = text[: shape.prompt_tokens - len(tag)] + tag if shared_prefix else (tag + text)[: shape.prompt_tokens]
+    return [{"role": "user", "content": body}]
 
 
 def memory_figures(runtime: ModelRuntime) -> dict[str, float | None]:
@@ -106,21 +114,29 @@ def batch1_decode(runtime: ModelRuntime, shape: ServeShape, tokens: int | None =
             "request_s": full}
 
 
-def concurrent_clients(runtime: ModelRuntime, shape: ServeShape, clients: int) -> dict[str, float]:
-    """`clients` threads, each sending `client_rounds` requests back to back through one Batcher
-    (the serving engine): aggregate tokens/s and per-request latency percentiles."""
-    batcher = Batcher(runtime, max_batch=clients, max_wait_ms=10, max_queue=max(64, clients * 2))
+def concurrent_clients(runtime: ModelRuntime, shape: ServeShape, clients: int,
+                       engine: Literal["static", "continuous"] = "static") -> dict[str, float]:
+    """`clients` threads, each sending `client_rounds` requests back to back through one engine
+    (serve's `batching.engine`): aggregate tokens/s and per-request latency percentiles. The
+    continuous engine's prompts share all but their last few tokens, so prefix sharing shows."""
+    batcher: Batcher | ContinuousEngine
+    if engine == "continuous":
+        batcher = ContinuousEngine(runtime, max_batch=clients, max_queue=max(64, clients * 2),
+                                   kv_cache_tokens=clients * (shape.prompt_tokens + shape.client_tokens + 64))
+    else:
+        batcher = Batcher(runtime, max_batch=clients, max_wait_ms=10, max_queue=max(64, clients * 2))
+    shared = engine == "continuous"
     config = GenerationConfig(max_new_tokens=shape.client_tokens)
     latencies: list[float] = []
     tokens: list[int] = []
     lock = threading.Lock()
     try:
-        batcher.submit(messages(shape), config).result()  # warm-up
+        batcher.submit(messages(shape, shared_prefix=shared), config).result()  # warm-up
 
         def client(i: int) -> None:
             for r in range(shape.client_rounds):
                 began = time.perf_counter()
-                gen = batcher.submit(messages(shape, salt=i * 1000 + r), config).result()
+                gen = batcher.submit(messages(shape, salt=i * 1000 + r, shared_prefix=shared), config).result()
                 with lock:
                     latencies.append(time.perf_counter() - began)
                     tokens.append(gen.completion_tokens)
@@ -138,7 +154,7 @@ def concurrent_clients(runtime: ModelRuntime, shape: ServeShape, clients: int) -
     if len(latencies) != clients * shape.client_rounds:
         raise RuntimeError(f"{clients * shape.client_rounds - len(latencies)} requests failed")
     latencies.sort()
-    return {"clients": clients, "requests": len(latencies), "tokens_per_s": sum(tokens) / wall,
+    return {"engine": engine, "clients": clients, "requests": len(latencies), "tokens_per_s": sum(tokens) / wall,
             "p50_s": statistics.median(latencies), "p95_s": latencies[max(0, round(0.95 * len(latencies)) - 1)],
             "mean_batch": mean_batch}
 
