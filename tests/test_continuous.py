@@ -24,7 +24,7 @@ from distillery.runtime import GenerationConfig, ModelRuntime
 from serve.app import create_app
 from serve.config import ServeConfig
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2+2? Explain."}],
@@ -33,15 +33,6 @@ CONVERSATIONS = [
     [{"role": "user", "content": "Write the string 'relevant####because' three times."}],
 ]
 LONG = [{"role": "user", "content": "Write a long story about a dragon."}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # Two shared cores: one OpenMP thread never spins waiting for a descheduled peer.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from serve.chatrest import ChatRestRequest, Turn, to_messages
 from serve.config import ServeConfig
 from serve.service import ModelService
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 CHAT = "/algorithm/ChatRest"
 OPENAI = "/v1/chat/completions"
@@ -40,16 +40,6 @@ OPENAI = "/v1/chat/completions"
 SEPARATOR_PROMPT = "Write the string 'relevant####because' three times."
 MAX_NEW = 16
 ENVELOPE_KEYS = ["sucess", "code", "msg", "data"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # The model shares two cores with the client threads (and, on a dev box, other people's
-    # jobs): with one thread OpenMP never spins waiting for a descheduled peer (~4x faster here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Served:
