@@ -72,12 +72,16 @@ def _count_every_kv_read() -> None:
     changed by 0.5-1.2 logits). The true count is every scheduled row's cached length, which is
     its position before this step.
 
-    Returns whether the correction is in place: on a transformers whose code differs from what
-    it was written for, it is not, and prefix sharing stays off."""
+    Returns whether the count is right: fixed upstream (5.17 counts after the match; checked
+    with the closed-loop schedule of tests/test_continuous.py), corrected here (5.6), or neither
+    on a transformers whose code differs from both, where prefix sharing then stays off."""
     try:
         from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs
+        from transformers.generation.continuous_batching.scheduler import Scheduler
     except ImportError:
         return False
+    if _counts_reads_after_prefix_match(Scheduler):
+        return True  # fixed upstream (5.17 counts them after the match)
     prepare = ContinuousBatchingIOs.prepare_batch_tensors
     if getattr(prepare, "_distillery_exact", False):
         return True
@@ -93,6 +97,17 @@ def _count_every_kv_read() -> None:
     exact._distillery_exact = True  # type: ignore[attr-defined]
     ContinuousBatchingIOs.prepare_batch_tensors = exact  # type: ignore[method-assign]
     return True
+
+
+def _counts_reads_after_prefix_match(scheduler: type) -> bool:
+    """Whether this transformers' scheduler looks for a shared prefix before it counts a row's
+    cache reads (the order that makes the count right)."""
+    try:
+        source = inspect.getsource(scheduler._process_candidates)
+    except (AttributeError, OSError, TypeError):
+        return False
+    match, count = source.find("self._infer_request_tokens("), source.find("read_cache_needed = state.current_len()")
+    return -1 < match < count
 
 
 # Per model (by id): engines running on it, and its attention before the first of them; the last
