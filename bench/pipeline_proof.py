@@ -45,9 +45,9 @@ MAX_HALF_WIDTH = 0.08  # issue #13: an interval that can tell a 10-point gain fr
 @click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-workspace"),
               show_default=True, help="Workspace to run the pipeline in.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Only check the report.json in this workspace; run nothing.")
+              help="Only check the report.json in this workspace; run no pipeline.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Project config override (repeatable).")
-@click.option("--heldout", is_flag=True, help=f"Also score the students and the teacher on {HELDOUT.name}/.")
+@click.option("--heldout", is_flag=True, help="Also score the students and the teacher on examples/heldout (documents written for the project).")
 @click.option("--heldout-tokens", type=click.IntRange(min=8), default=32, show_default=True,
               help="Tokens a student may write per held-out answer: only its conclusion, which opens it, is scored.")
 def main(workspace: Path, report_dir: Path | None, sets: tuple[str, ...], heldout: bool, heldout_tokens: int) -> None:
