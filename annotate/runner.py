@@ -141,6 +141,21 @@ def _to_do(store: Store, task: Task, config: JobConfig, retry: tuple[str, ...]) 
     yield from _planned(task, model, provider, store.job_chunks_without(task_hash=task.hash, model=model, step=task.first_step))
 
 
+def teacher_request(task: Task, config: JobConfig, messages: list[Message], step: Step, text: str) -> ChatRequest:
+    """What a job asks its teacher about `text` (a chunk): shared with evaluations that ask it
+    about documents outside a workspace, so both get the same answer for the same text."""
+    labels, cues = task.labels(step), task.label_cues(step)
+    # The cues condition the chunk itself (`text`), not the rendered prompt around it.
+    guide = Guide(labels=labels, cues=cues, source=text if cues else None) if labels else None
+    return ChatRequest(
+        messages=messages,
+        model=config.teacher.resolved_model(),
+        temperature=config.teacher.temperature,
+        max_tokens=config.teacher.max_tokens,
+        guide=guide,
+    )
+
+
 class Job:
     def __init__(self, store: Store, task: Task, config: JobConfig, *, teacher: Teacher | None = None,
                  stop: asyncio.Event | None = None) -> None:
@@ -160,16 +175,7 @@ class Job:
     # -- one call, paid at most once ------------------------------------------------------
 
     def _request(self, messages: list[Message], step: Step, text: str) -> ChatRequest:
-        labels, cues = self.task.labels(step), self.task.label_cues(step)
-        # The cues condition the chunk itself (`text`), not the rendered prompt around it.
-        guide = Guide(labels=labels, cues=cues, source=text if cues else None) if labels else None
-        return ChatRequest(
-            messages=messages,
-            model=self.model,
-            temperature=self.config.teacher.temperature,
-            max_tokens=self.config.teacher.max_tokens,
-            guide=guide,
-        )
+        return teacher_request(self.task, self.config, messages, step, text)
 
     # -- one record -------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from distillery.parsing import ContractError, match_label, parse_answer
 from distillery.records import TrainingExample
 
 from .prepare import read_jsonl
-from .workspace import FinetuneError, Manifest, TaskLabels
+from .workspace import FinetuneError, Manifest, PromptFormat, TaskLabels
 
 if TYPE_CHECKING:
     from distillery.runtime import Quantization
@@ -153,10 +153,29 @@ def evaluate(
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[EvalReport, dict[str, list[Prediction]]]:
     """Generate an answer for each test example with each candidate, one model in memory at a time."""
+    manifest, examples = load_test_split(data_dir, limit)
+    return evaluate_examples(examples, manifest.prompt, manifest.tasks, candidates, source=str(data_dir),
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, quantization=quantization,
+                             on_progress=on_progress)
+
+
+def evaluate_examples(
+    examples: list[TrainingExample],
+    prompt: PromptFormat,
+    labels: dict[str, TaskLabels],
+    candidates: list[Candidate],
+    *,
+    source: str,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    quantization: Quantization = "none",
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[EvalReport, dict[str, list[Prediction]]]:
+    """`evaluate` on any examples (e.g. a held-out set outside the prepared data), prompted as the
+    run was trained (`prompt`) and judged against each example's conclusion; `labels` keyed
+    "task/step", as Prediction.task; `source` names where the examples came from in the report."""
     from distillery.runtime import GenerationConfig, ModelRuntime
 
-    manifest, examples = load_test_split(data_dir, limit)
-    labels = manifest.tasks  # keyed "task/step", as Prediction.task
     config = GenerationConfig(max_new_tokens=max_new_tokens)  # the model's end-of-turn ends an answer
     scores, predictions = [], {}
     for candidate in candidates:
@@ -165,7 +184,7 @@ def evaluate(
         preds: list[Prediction] = []
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]
-            outs = runtime.generate([manifest.prompt.messages(ex.instruction, ex.input) for ex in batch], config)
+            outs = runtime.generate([prompt.messages(ex.instruction, ex.input) for ex in batch], config)
             for ex, out in zip(batch, outs):
                 key = f"{ex.task_name}/{ex.step}"
                 task = labels.get(key)
@@ -179,8 +198,8 @@ def evaluate(
         gc.collect()  # the next model loads into the memory this one held
         scores.append(score(candidate, preds, labels, time.monotonic() - started))
         predictions[candidate.name] = preds
-    report = EvalReport(data_dir=str(data_dir), test_examples=len(examples), max_new_tokens=max_new_tokens,
-                        labels=manifest.tasks, models=scores)
+    report = EvalReport(data_dir=source, test_examples=len(examples), max_new_tokens=max_new_tokens,
+                        labels=labels, models=scores)
     return report, predictions
 
 
