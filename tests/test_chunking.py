@@ -35,6 +35,19 @@ def test_anchors_end_a_chunk_early_only_once_it_is_full_enough() -> None:
         assert end + 1 in anchored and len(chunk.text) >= 0.6 * 200 or len(chunk.text) + size > 200
     assert any(len(c.text) + size <= 200 for c in chunks[:-1])  # some did end early
 
+
+def test_a_chunk_that_can_hold_the_rest_of_the_document_takes_it() -> None:
+    sentences = [f"第{i:03d}句话在这里结束。" for i in range(200)]
+    # A document that fits in one chunk, with an anchor sentence well past the 60% mark.
+    first_anchor = next(i for i, s in enumerate(sentences) if chunking._is_anchor(s) and i >= 8)
+    whole = "".join(sentences[: first_anchor + 2])
+    max_size = len(whole) + 5
+    assert len("".join(sentences[:first_anchor])) >= chunking.ANCHOR_FILL * max_size
+    assert [c.text for c in chunk_document([Page(None, whole)], max_size=max_size, overlap=0)] == [whole]
+    # The last chunk of a longer one likewise: the document ends in one chunk after its last break.
+    chunks = chunk_document([Page(None, "".join(sentences))], max_size=200, overlap=0)
+    assert len(chunks[-1].text) + len(chunks[-2].text) > 200
+
 def test_chinese_sentences() -> None:
     text = "今天天气很好。我们去公园吧！你来吗？他说：“我不去。”她笑了……然后走了；再见。没有句号的结尾"
     assert sentences(text) == [
