@@ -173,7 +173,7 @@ class ContinuousEngine:
                         "correction was written for (5.6)", transformers.__version__)
             prefix_sharing = False
         tokens = kv_cache_tokens or max_batch * 512
-        self._kv_tokens, self._kv_reserved = tokens, 0
+        self._kv_tokens = tokens
         cb_config = ContinuousBatchingConfig(
             block_size=block_size,
             num_blocks=-(-tokens // block_size),
@@ -311,10 +311,9 @@ class ContinuousEngine:
             if req.future.cancelled():
                 self._pending.popleft()
                 continue
-            if self._kv_reserved + req.kv_tokens > self._kv_tokens:
+            if sum(r.kv_tokens for r in self._running.values()) + req.kv_tokens > self._kv_tokens:
                 return  # it runs when enough rows have finished
             self._pending.popleft()
-            self._kv_reserved += req.kv_tokens
             self._stats.batches += 1
             self._stats.requests += 1
             self._stats.sizes[len(self._running) + 1] += 1
@@ -327,7 +326,6 @@ class ContinuousEngine:
             if req in self._pending:
                 self._pending.remove(req)
             elif self._running.pop(req.rid, None) is not None:
-                self._kv_reserved -= req.kv_tokens
                 self._manager.cancel_request(req.rid)
                 self._admit()
         if req.updates is not None:
@@ -363,7 +361,6 @@ class ContinuousEngine:
             left = [*self._pending, *self._running.values()]
             self._pending.clear()
             self._running.clear()
-            self._kv_reserved = 0
         for req in left:
             self._fail(req, RuntimeError("the generation loop stopped"))
 
@@ -371,7 +368,6 @@ class ContinuousEngine:
         with self._lock:
             if self._running.pop(req.rid, None) is None:
                 return
-            self._kv_reserved -= req.kv_tokens
             if gen is not None and gen.stop_string is not None:
                 self._manager.cancel_request(req.rid)  # a stop string: free the slot now, not at max_new_tokens
             self._admit()
