@@ -27,6 +27,20 @@ FINAL_STATUSES: frozenset[str] = frozenset({"ok", "invalid", "refused", "too_lon
 
 Step = Literal["main", "questions", "answer"]
 
+# How a record that was not annotated from its chunk came to be (Annotation.origin); None: annotated.
+Origin = Literal[
+    "eda",  # approved record, its text changed by word operations (synonyms, insert, swap, delete); label kept
+    "aeda",  # approved record, punctuation inserted into its text; label kept
+    "back_translation",  # approved record, its text paraphrased through another language by the teacher
+    "self_instruct",  # a new task the teacher wrote from seed tasks (Self-Instruct)
+    "evol_instruct",  # an instruction the teacher evolved from another (Evol-Instruct)
+    "instruction_backtranslation",  # the instruction a chunk would answer, written and scored by the teacher
+    "correction",  # the teacher's correction of the tuned student's answer (a second distillation round)
+]
+ORIGINS: tuple[str, ...] = Origin.__args__  # type: ignore[attr-defined]
+# Generators that write the instruction too: their records are new tasks, not bound by the origin task's labels.
+NEW_TASK_ORIGINS: frozenset[str] = frozenset({"self_instruct", "evol_instruct", "instruction_backtranslation"})
+
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -85,6 +99,10 @@ class Annotation(BaseModel):
     item_index: int = 0
     input: str | None = None  # the question, for the answer step
     status: AnnotationStatus = "pending"
+    origin: Origin | None = None  # None: annotated from its chunk; else the generator that made it
+    instruction: str | None = None  # the student instruction, when the generator wrote one (None: the task's)
+    text: str | None = None  # the student's input, when it is not the chunk's text (augmented, written)
+    derivation: dict[str, Any] = Field(default_factory=dict)  # what a generated record came from, and how
     conclusion: str | None = None
     reasoning: str | None = None
     raw_text: str | None = None  # the teacher's last answer, verbatim
@@ -165,6 +183,9 @@ class TrainingExample(BaseModel):
     corrected: bool = False  # a reviewer fixed the teacher's answer
     reviewer: str | None = None  # who approved it (None: approved with the lot, not sampled)
     teacher_model: str | None = None
+    origin: Origin | None = None  # how a generated record came to be (None: annotated from its chunk)
+    derived_from: list[str] = Field(default_factory=list)  # the documents a generated record drew on (its
+    # own included): it may train only when every one of them is in the training split
 
     @property
     def output(self) -> str:
@@ -172,14 +193,18 @@ class TrainingExample(BaseModel):
 
 
 class PreferencePair(BaseModel):
-    """A reviewer's fix as a DPO pair: chosen = the corrected answer, rejected = the teacher's."""
+    """A DPO pair. From a reviewer's fix: chosen = the corrected answer, rejected = the teacher's.
+    From a second round (origin "correction"): chosen = the teacher's answer, rejected = the tuned
+    student's; `origin_id` is the approved record whose prompt the student answered."""
 
     annotation_id: str
     instruction: str
     input: str
     chosen: str
     rejected: str
-    reviewer: str
+    reviewer: str | None  # None: a correction approved with its lot, not reviewed one by one
+    origin: Origin | None = None
+    origin_id: str | None = None
 
 
 # -- quality control (stage qc) ---------------------------------------------------------------

@@ -166,13 +166,26 @@ CREATE TABLE IF NOT EXISTS chunk_bands (
 ) WITHOUT ROWID;
 """
 
+# Version 5: generated records (records.Origin). A record grown from approved ones (augmented,
+# paraphrased, a new instruction, a teacher's correction) lives beside the annotated ones, so qc
+# checks, samples, reviews and exports it alike; it points at its origin's chunk, so it goes to the
+# origin document's split. `text`/`instruction`: what the student reads when it is not the chunk and
+# the task's instruction; `derivation`: JSON of what it came from and how.
+SCHEMA_V5 = """
+ALTER TABLE annotations ADD COLUMN origin TEXT;
+ALTER TABLE annotations ADD COLUMN instruction TEXT;
+ALTER TABLE annotations ADD COLUMN text TEXT;
+ALTER TABLE annotations ADD COLUMN derivation TEXT NOT NULL DEFAULT '{}';
+CREATE INDEX IF NOT EXISTS annotations_origin ON annotations(origin, task_name);
+"""
+
 # MIGRATIONS[i] takes a store from version i to i + 1. Append; never edit a released one.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 M = TypeVar("M", bound=BaseModel)
 
-_JSON_COLUMNS = {"meta", "params", "request", "response"}
+_JSON_COLUMNS = {"meta", "params", "request", "response", "derivation"}
 
 
 def _row_to(model: type[BaseModel], row: sqlite3.Row) -> Any:
@@ -447,10 +460,15 @@ class Store:
         after_rowid: int = 0,
         limit: int | None = None,
         chunk_ids: Iterable[str] | None = None,
+        origin: str | None = None,
+        generated: bool | None = None,
     ) -> Iterator[tuple[int, Annotation]]:
-        """(rowid, annotation) in insertion order, filtered; streams, never loads all rows."""
+        """(rowid, annotation) in insertion order, filtered (`generated`: only records a generator made,
+        or, False, only annotated ones); streams, never loads all rows."""
         where, args = ["rowid > ?"], [after_rowid]
-        for col, val in (("task_name", task_name), ("task_hash", task_hash), ("step", step)):
+        if generated is not None:
+            where.append("origin IS NOT NULL" if generated else "origin IS NULL")
+        for col, val in (("task_name", task_name), ("task_hash", task_hash), ("step", step), ("origin", origin)):
             if val is not None:
                 where.append(f"{col} = ?")
                 args.append(val)
@@ -483,7 +501,7 @@ class Store:
         """Job chunks that have no `step` annotation for this task version and teacher model yet."""
         for row in self.db.execute(
             "SELECT chunk_id FROM job_chunks j WHERE NOT EXISTS (SELECT 1 FROM annotations a"
-            " WHERE a.chunk_id = j.chunk_id AND a.task_hash = ? AND a.model = ? AND a.step = ?)",
+            " WHERE a.chunk_id = j.chunk_id AND a.task_hash = ? AND a.model = ? AND a.step = ? AND a.origin IS NULL)",
             (task_hash, model, step),
         ).fetchall():
             yield row[0]
@@ -494,7 +512,7 @@ class Store:
         if not marks:
             return 0
         return self.db.execute(
-            f"UPDATE annotations SET status = 'pending' WHERE task_hash = ? AND model = ?"
+            f"UPDATE annotations SET status = 'pending' WHERE task_hash = ? AND model = ? AND origin IS NULL"
             f" AND status IN ({', '.join('?' * len(marks))})"
             " AND chunk_id IN (SELECT chunk_id FROM job_chunks)",
             (task_hash, model, *marks),
@@ -505,7 +523,7 @@ class Store:
         """The next page of the job's pending annotations (or those in `statuses`), in insertion order."""
         marks = list(statuses)
         rows = self.db.execute(
-            "SELECT rowid AS _rowid, * FROM annotations WHERE rowid > ? AND task_hash = ? AND model = ?"
+            "SELECT rowid AS _rowid, * FROM annotations WHERE rowid > ? AND task_hash = ? AND model = ? AND origin IS NULL"
             f" AND status IN ({', '.join('?' * len(marks))}) AND chunk_id IN (SELECT chunk_id FROM job_chunks)"
             " ORDER BY rowid LIMIT ?",
             (after_rowid, task_hash, model, *marks, limit),
@@ -514,7 +532,7 @@ class Store:
 
     def job_count(self, *, task_hash: str, model: str, status: str = "pending") -> int:
         return self.db.execute(
-            "SELECT COUNT(*) FROM annotations WHERE task_hash = ? AND model = ? AND status = ?"
+            "SELECT COUNT(*) FROM annotations WHERE task_hash = ? AND model = ? AND status = ? AND origin IS NULL"
             " AND chunk_id IN (SELECT chunk_id FROM job_chunks)",
             (task_hash, model, status),
         ).fetchone()[0]

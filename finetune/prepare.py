@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError
 
 from distillery import jsonl
-from distillery.records import SEPARATOR, PreferencePair, TrainingExample
+from distillery.records import NEW_TASK_ORIGINS, SEPARATOR, PreferencePair, TrainingExample
 from distillery.workspace import Workspace
 
 from .budget import model_size
@@ -92,6 +92,8 @@ class PrepareReport(BaseModel):
     preference_excluded: dict[str, int]  # why pairs were left out -> how many
     extra: dict[str, SplitInfo]  # the datasets asked for with `also`, by kind
     kto_excluded: dict[str, int]  # why rejected records were left out of KTO -> how many
+    generated: dict[str, int] = {}  # generated records in the training split, by origin
+    generated_excluded: dict[str, int] = {}  # why generated records were left out -> how many
     flat: list[str]  # the CSV files written
     composition: Composition  # the training split, and its tokens against the model's size
     tasks: dict[str, TaskLabels]
@@ -210,13 +212,30 @@ def task_labels(examples: list[TrainingExample], workspace: Path | None) -> dict
     return out
 
 
+def _add_generated(splits: dict[Split, list[TrainingExample]], generated: list[TrainingExample]) -> Counter[str]:
+    """Generated records join the training split when every document they drew on is a training
+    document; one that drew on a validation or test document would leak it, and evaluation measures
+    annotated records only, so it is left out (counted)."""
+    train_docs = {ex.document_id for ex in splits["train"]}
+    held_out = {ex.document_id for split in ("validation", "test") for ex in splits[split]}
+    excluded: Counter[str] = Counter()
+    for ex in generated:
+        docs = ex.derived_from or [ex.document_id]
+        if all(doc in train_docs for doc in docs):
+            splits["train"].append(ex)
+        else:
+            excluded["drew on validation/test documents" if held_out & set(docs)
+                     else "its origin is not among the approved records"] += 1
+    return excluded
+
+
 def _training_pairs(path: Path | None, split_of: dict[str, Split]) -> tuple[list[PreferencePair], Counter[str]]:
     """The QC fixes of training records; a pair from a held-out document would leak it into training."""
     pairs: list[PreferencePair] = []
     excluded: Counter[str] = Counter()
     if path is not None and path.is_file():
         for _, pair in read_jsonl(path, PreferencePair):
-            where = split_of.get(pair.annotation_id)
+            where = split_of.get(pair.origin_id or pair.annotation_id)
             if where == "train":
                 pairs.append(pair)
             else:
@@ -230,8 +249,10 @@ def _feedback(train: list[TrainingExample], pairs: list[PreferencePair], rejecte
     approved = {ex.annotation_id: ex for ex in train}
     out = [Feedback(prompted=Prompted.of(ex), answer=ex.output, desirable=True, document_id=ex.document_id)
            for ex in train]
-    out += [Feedback(prompted=Prompted.of(approved[p.annotation_id], f"{p.annotation_id}#teacher"), answer=p.rejected,
-                     desirable=False, document_id=approved[p.annotation_id].document_id) for p in pairs]
+    out += [Feedback(prompted=Prompted.of(approved[p.origin_id or p.annotation_id],
+                                          f"{p.annotation_id}#{'student' if p.origin == 'correction' else 'teacher'}"),
+                     answer=p.rejected, desirable=False, document_id=approved[p.origin_id or p.annotation_id].document_id)
+            for p in pairs]
     excluded: Counter[str] = Counter()
     for _, ex in read_jsonl(rejected, TrainingExample) if rejected is not None and rejected.is_file() else []:
         if ex.document_id in held_out:  # its document is in validation or test: never trained on
@@ -280,9 +301,14 @@ def prepare(
     examples = read_approved(approved)
     labels = task_labels(examples, workspace)
     closed = {key for key, task in labels.items() if task.labels}
-    label_of = lambda ex: ex.conclusion if f"{ex.task_name}/{ex.step}" in closed else None
-    splits = split_by_document(examples, val_fraction=options.val_fraction, test_fraction=options.test_fraction,
-                               seed=options.seed, label_of=label_of if options.stratify else None)
+    label_of = lambda ex: (ex.conclusion if f"{ex.task_name}/{ex.step}" in closed and ex.origin not in NEW_TASK_ORIGINS
+                           else None)
+    # The split is drawn on the annotated records alone, so growing the data never moves a document
+    # between splits; a generated record then trains only when every document it drew on trains.
+    splits = split_by_document([ex for ex in examples if ex.origin is None], val_fraction=options.val_fraction,
+                               test_fraction=options.test_fraction, seed=options.seed,
+                               label_of=label_of if options.stratify else None)
+    generated_excluded = _add_generated(splits, [ex for ex in examples if ex.origin is not None])
     prompt = PromptFormat(template=options.template, system=options.system)
     split_of = {ex.annotation_id: split for split, exs in splits.items() for ex in exs}
     held_out = {ex.document_id for split in ("validation", "test") for ex in splits[split]}
@@ -310,7 +336,7 @@ def prepare(
             doc_of = {ex.annotation_id: ex.document_id for ex in splits["train"]}
             rows = [pair_row(Prompted(p.annotation_id, p.instruction, p.input), p.chosen, p.rejected, options.format,
                              prompt) for p in pairs]
-            pref_info = out.dataset("preference", rows, len({doc_of[p.annotation_id] for p in pairs}), "rm")
+            pref_info = out.dataset("preference", rows, len({doc_of[p.origin_id or p.annotation_id] for p in pairs}), "rm")
         extra = _extra_datasets(out, options, splits, feedback, held_out, workspace)
         flat = write_flat(staging, {split: [r.example for r in train_rows] if split == "train" else exs
                                     for split, exs in splits.items() if exs},
@@ -344,6 +370,8 @@ def prepare(
         composition.model_parameters, composition.lora_parameters = size.parameters, size.lora_parameters
     return PrepareReport(data_dir=data_dir, splits=manifest.splits, preference=manifest.preference,
                          preference_excluded=dict(excluded), extra=manifest.extra, kto_excluded=dict(kto_excluded),
+                         generated=dict(Counter(ex.origin for ex in splits["train"] if ex.origin)),
+                         generated_excluded=dict(generated_excluded),
                          flat=flat, composition=composition, tasks=manifest.tasks, check=report)
 
 

@@ -104,7 +104,8 @@ def check_record(ctx: Context, config: CheckConfig) -> list[Flag]:
             raise ContractError(f"'{SEPARATOR}' inside the conclusion or reasoning")
     except ContractError as exc:
         flags.append(_flag(ann, "contract", str(exc)))
-    labels = task.labels(ann.step)
+    # A record with an instruction of its own (a generated task) is not bound by its task's label set.
+    labels = task.labels(ann.step) if ann.instruction is None else None
     if labels and conclusion not in labels:
         flags.append(_flag(ann, "label", f"conclusion '{conclusion[:40]}' is not one of {' | '.join(labels)}"))
     if not conclusion or not reasoning:
@@ -115,10 +116,10 @@ def check_record(ctx: Context, config: CheckConfig) -> list[Flag]:
     size = len(conclusion) + len(SEPARATOR) + len(reasoning)
     if size > config.max_answer_chars:
         flags.append(_flag(ann, "long", f"answer has {size} characters (maximum {config.max_answer_chars})", score=size))
-    source_lang, answer_lang = language(ctx.chunk.text), language(f"{conclusion} {reasoning}")
+    source_lang, answer_lang = language(ctx.source), language(f"{conclusion} {reasoning}")
     if source_lang and answer_lang and source_lang != answer_lang:
         flags.append(_flag(ann, "language", f"source is {source_lang}, answer is {answer_lang}"))
-    share = overlap_share(reasoning, ctx.chunk.text, min_tokens=MIN_GROUNDING_TOKENS)
+    share = overlap_share(reasoning, ctx.source, min_tokens=MIN_GROUNDING_TOKENS)
     if share is not None and share < config.min_grounding:
         flags.append(_flag(ann, "grounding", f"only {share:.0%} of the reasoning's words occur in the source "
                                              f"(minimum {config.min_grounding:.0%})", score=share))
@@ -127,7 +128,7 @@ def check_record(ctx: Context, config: CheckConfig) -> list[Flag]:
     if hits:
         flags.append(_flag(ann, "refusal", f"contains '{hits[0]}'"))
     if damage := decoding_damage(f"{conclusion}\n{reasoning}"):
-        source = decoding_damage(ctx.chunk.text)
+        source = decoding_damage(ctx.source)
         flags.append(_flag(ann, "mojibake", damage + ("; the source has it too: re-ingest it" if source else "")))
     if repeated := _repetition(conclusion, reasoning, config):
         flags.append(_flag(ann, "repetition", repeated))
@@ -166,7 +167,7 @@ def _echo(task: Task, ctx: Context, conclusion: str, reasoning: str, config: Che
     if heading := echoed_heading(f"{conclusion}\n{reasoning}", task.headings):
         return f"repeats the prompt's heading '{heading}'"
     ann = ctx.annotation
-    shown = task.output_example(ann.step, text=ctx.chunk.text, question=ann.input)
+    shown = task.output_example(ann.step, text=ctx.source, question=ann.input)
     examples = _example_reasonings((shown, *(ex.answer for ex in task.spec.examples)), config.shingle)
     if not examples:
         return None

@@ -39,6 +39,8 @@ class ExportSummary(BaseModel):
     examples: int = 0
     corrected: int = 0
     pairs: int = 0
+    second_round_pairs: int = 0  # of the pairs, approved corrections of the tuned student's answers
+    generated: dict[str, int] = {}  # of the examples, records a generator made, by origin
     by_review: int = 0  # approved by a reviewer (accepted or fixed)
     with_lot: int = 0  # approved with the lot, not reviewed
     outside_lot: int = 0  # approved by a reviewer one by one, not in the sample's lot
@@ -60,11 +62,26 @@ def _example(ctx: Context, outcome: Outcome | None) -> TrainingExample:
     return TrainingExample(
         annotation_id=ann.id, task_name=ann.task_name, task_hash=ann.task_hash, step=ann.step,
         document_id=ctx.document.id, document_path=ctx.document.path, chunk_id=ctx.chunk.id,
-        instruction=ctx.instruction, input=ctx.chunk.text,
+        instruction=ctx.instruction, input=ctx.source,
         conclusion=(review.conclusion if fixed and review else ann.conclusion) or "",
         reasoning=(review.reasoning if fixed and review else ann.reasoning) or "",
         corrected=fixed, reviewer=review.reviewer if review else None, teacher_model=ann.model,
+        origin=ann.origin, derived_from=derived_from(ctx),
     )  # fmt: skip
+
+
+def derived_from(ctx: Context) -> list[str]:
+    """The documents a generated record drew on (its own first); empty for an annotated record."""
+    if ctx.annotation.origin is None:
+        return []
+    return list(dict.fromkeys([ctx.document.id, *ctx.annotation.derivation.get("documents", [])]))
+
+
+def _second_round_pair(example: TrainingExample, ann: Annotation) -> PreferencePair:
+    """An approved correction: the teacher's answer over the tuned student's, for the origin's prompt."""
+    return PreferencePair(annotation_id=ann.id, instruction=example.instruction, input=example.input,
+                          chosen=example.output, rejected=ann.derivation["student_answer"], reviewer=example.reviewer,
+                          origin="correction", origin_id=ann.derivation.get("of"))
 
 
 def _pair(example: TrainingExample, outcome: Outcome) -> PreferencePair:
@@ -176,16 +193,28 @@ def export_approved(
                 raise ExportRefused(f"record {aid} changed while exporting: run distill-qc export again")
             outcome = every.get(aid)
             example = _example(contexts.of(ann), outcome)
-            if outcome is not None and outcome.verdict == "fix":
+            if outcome is not None and outcome.verdict == "fix" and ann.origin != "correction":
                 pairs.append(_pair(example, outcome))
             summary.corrected += example.corrected
             yield example
 
-    summary.examples = write_jsonl(out, examples(keys))
+    def trainable(keys: list[tuple[int, int, int, str]]) -> Iterator[TrainingExample]:
+        # A second round's correction trains as a preference pair, never as a plain example: its prompt
+        # is an approved record's, which trains already.
+        for example in examples(keys):
+            if example.origin != "correction":
+                if example.origin is not None:
+                    summary.generated[example.origin] = summary.generated.get(example.origin, 0) + 1
+                yield example
+            elif (ann := store.annotation(example.annotation_id)) is not None and "student_answer" in ann.derivation:
+                pairs.append(_second_round_pair(example, ann))
+                summary.second_round_pairs += 1
+
+    summary.examples = write_jsonl(out, trainable(keys))
     write_jsonl(pairs_out, pairs)
     summary.pairs = len(pairs)
     if rejected_out is not None:
-        write_jsonl(rejected_out, examples(rejected_keys))  # a rejection is never a fix: no pairs, no corrections
+        write_jsonl(rejected_out, (ex for ex in examples(rejected_keys) if ex.origin != "correction"))  # a rejection is never a fix: no pairs, no corrections
     return summary
 
 

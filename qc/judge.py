@@ -132,7 +132,7 @@ async def judge_records(
     async def judge(ctx: Context) -> Judgement | None:
         nonlocal done
         ann = ctx.annotation
-        screened = privacy.screen(ctx.chunk.text, ctx.instruction, ann.input, ann.conclusion, ann.reasoning or "")
+        screened = privacy.screen(ctx.source, ctx.instruction, ann.input, ann.conclusion, ann.reasoning or "")
         if screened.blocked:
             stats.blocked += 1
             return Judgement(annotation_id=ann.id, model=model, score=None, reason=f"not judged: {screened.blocked}")

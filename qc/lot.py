@@ -53,8 +53,15 @@ class Context:
 
     @property
     def instruction(self) -> str:
-        """The student instruction the tuned model will see for this record."""
+        """The student instruction the tuned model will see for this record (a generator's own, if it wrote one)."""
+        if self.annotation.instruction is not None:
+            return self.annotation.instruction
         return self.task.student_instruction(question=self.annotation.input)
+
+    @property
+    def source(self) -> str:
+        """The text the student reads: the chunk's, or a generated record's own (augmented, written)."""
+        return self.annotation.text if self.annotation.text is not None else self.chunk.text
 
     @property
     def where(self) -> str:

@@ -133,24 +133,26 @@ class ReviewScreen:
         return text
 
     def _source(self, ctx: Context) -> Panel:
-        ann, chunk = ctx.annotation, ctx.chunk
+        ann, chunk, text = ctx.annotation, ctx.chunk, ctx.source
         quoted = f"{ann.conclusion or ''}\n{ann.reasoning or ''}\n{ann.input or ''}"
-        spans = shared_spans(chunk.text, quoted)
+        spans = shared_spans(text, quoted)
         width, height = self.console.size
         # Wide (CJK) characters take two cells: size the window for the worst case.
         size = max(160, (height - _FIXED_LINES) * max(20, width - 4) // 2)
-        start, end = source_window(chunk.text, spans, size)
+        start, end = source_window(text, spans, size)
         body = Text()
         if start:
             body.append(f"… ({start} characters before) ", style="dim")
-        piece = Text(chunk.text[start:end])
+        piece = Text(text[start:end])
         for s, e in spans:
             if e > start and s < end:
                 piece.stylize("black on yellow", max(s, start) - start, min(e, end) - start)
         body.append_text(piece)
-        if end < len(chunk.text):
-            body.append(f" … ({len(chunk.text) - end} characters after)", style="dim")
+        if end < len(text):
+            body.append(f" … ({len(text) - end} characters after)", style="dim")
         title = f"source · {ctx.where} · chars {chunk.char_start}-{chunk.char_end}"
+        if ann.origin is not None:  # the reviewer must know the text is not the document's own
+            title = f"source · {ann.origin} of {ctx.where}" + (" (text rewritten)" if ann.text is not None else "")
         return Panel(body, title=title, title_align="left", border_style="blue")
 
     def _answer(self, ctx: Context, mine: Review | None) -> Panel:

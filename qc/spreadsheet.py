@@ -79,7 +79,7 @@ def cell_text(value: object) -> str:
 def _row(sample: Sample, position: int, ctx: Context, flags: str, mine: Review | None, reviewer: str) -> dict[str, str]:
     ann = ctx.annotation
     row = {"sample": sample.name, "record": str(position), "annotation_id": ann.id, "task": ann.task_name,
-           "document": ctx.where, "source_text": ctx.chunk.text, "question": ann.input or "",
+           "document": ctx.where, "source_text": ctx.source, "question": ann.input or "",
            "instruction": ctx.instruction, "conclusion": ann.conclusion or "", "reasoning": ann.reasoning or "",
            "flags": flags, "reviewer": reviewer, "verdict": "", "reason": "", "note": "", "fixed_conclusion": "",
            "fixed_reasoning": ""}
