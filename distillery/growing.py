@@ -1,4 +1,5 @@
-"""What every dataset generator shares: its seeds, its paid calls, and the records it stores.
+"""What every dataset generator shares (annotate's generators, finetune's second round): its seeds,
+its paid calls, and the records it stores.
 
 A generator reads approved records (qc's export, `exports/approved.jsonl`), makes new records from
 them (augmented, paraphrased, new instructions) and stores each as a generated record
@@ -22,15 +23,15 @@ from types import TracebackType
 
 from pydantic import Field
 
-from distillery import jsonl
-from distillery.accounting import cost
-from distillery.errors import DistilleryError
-from distillery.ledger import CallHeld, JobStopped, Ledger, LedgerStats
-from distillery.privacy import Privacy, Screened
-from distillery.records import Annotation, Origin, TrainingExample
-from distillery.store import Store
-from distillery.teacher import ChatRequest, ChatResult, Guide, Message, Teacher, TeacherError
-from distillery.teacher_config import JobConfig, build_teacher
+from . import jsonl
+from .accounting import cost
+from .errors import DistilleryError
+from .ledger import CallHeld, JobStopped, Ledger, LedgerStats
+from .privacy import Privacy, Screened
+from .records import Annotation, Origin, TrainingExample
+from .store import Store
+from .teacher import ChatRequest, ChatResult, Guide, Message, Teacher, TeacherError
+from .teacher_config import JobConfig, build_teacher
 
 
 class GrowError(DistilleryError, ValueError):
