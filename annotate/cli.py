@@ -317,3 +317,8 @@ def import_cmd(ctx: click.Context, src: Path) -> None:
     with _store(ctx) as store:
         added = store.import_records(records)
     console.print(f"imported {added} new records ({len(records) - added} already present)")
+
+
+from .grow_cli import grow_cmd  # noqa: E402 - the grow command lives in its own module
+
+main.add_command(grow_cmd)

@@ -50,7 +50,11 @@ MAX_HALF_WIDTH = 0.08  # issue #13: a 95% interval of at most +/- 8 points (ten 
 @click.option("--heldout", is_flag=True, help="Also score the students and the teacher on examples/heldout (documents written for the project).")
 @click.option("--heldout-tokens", type=click.IntRange(min=8), default=32, show_default=True,
               help="Tokens a student may write per held-out answer: only its conclusion, which opens it, is scored.")
-def main(workspace: Path, report_dir: Path | None, sets: tuple[str, ...], heldout: bool, heldout_tokens: int) -> None:
+@click.option("--also-run", "also_runs", multiple=True, metavar="RUN",
+              help="With --heldout: also score this training run's tuned model (repeatable), e.g. the runs "
+                   "bench/grow_proof.py trains on the grown set and on the second round's pairs.")
+def main(workspace: Path, report_dir: Path | None, sets: tuple[str, ...], heldout: bool, heldout_tokens: int,
+         also_runs: tuple[str, ...]) -> None:
     if report_dir is None:
         try:
             report = run_project(CONFIG, workspace, overrides=parse_sets(sets))
@@ -81,7 +85,7 @@ def main(workspace: Path, report_dir: Path | None, sets: tuple[str, ...], heldou
             import torch
 
             torch.set_num_threads(threads)
-        targets += heldout_proof(Workspace(report_dir or workspace), report, heldout_tokens)
+        targets += heldout_proof(Workspace(report_dir or workspace), report, heldout_tokens, also_runs)
     for t in targets:
         print(f"{'MET ' if t.met else 'MISS'} {t.name}: wanted {t.wanted}, got {t.got}")
     sys.exit(0 if all(t.met for t in targets) else 1)
@@ -126,9 +130,10 @@ def teacher_answers(config: JobConfig, task: Task, texts: list[str]) -> list[str
 
 
 def student_answers(ws: Workspace, report: RunReport, task: Task, docs: list[tuple[str, str, str]],
-                    max_new_tokens: int) -> dict[str, list[str | None]]:
-    """The conclusion the run's base and tuned students give each document, prompted as in
-    training and read as the finetune stage's eval reads it."""
+                    max_new_tokens: int, also_runs: tuple[str, ...] = ()) -> dict[str, list[str | None]]:
+    """The conclusion the run's base and tuned students give each document (and the tuned model of
+    each of `also_runs`, under its run's name), prompted as in training and read as the finetune
+    stage's eval reads it."""
     from finetune.evaluate import evaluate_examples, run_candidates
     from finetune.workspace import Manifest
 
@@ -139,7 +144,12 @@ def student_answers(ws: Workspace, report: RunReport, task: Task, docs: list[tup
                                 instruction=task.student_instruction(), input=text, conclusion=label, reasoning="")
                 for file, text, label in docs]
     run_dir = ws.run(report.stages["finetune"]["training"]["run"])
-    _, predictions = evaluate_examples(examples, manifest.prompt, manifest.tasks, run_candidates(run_dir),
+    candidates = run_candidates(run_dir)
+    for name in also_runs:
+        if not ws.run(name).is_dir():
+            raise SystemExit(f"no training run {name} in {ws.root} (--also-run): bench/grow_proof.py trains them")
+        candidates += [c.model_copy(update={"name": name}) for c in run_candidates(ws.run(name), base=False)]
+    _, predictions = evaluate_examples(examples, manifest.prompt, manifest.tasks, candidates,
                                        source=str(HELDOUT), max_new_tokens=max_new_tokens)
     return {name: [p.conclusion for p in preds] for name, preds in predictions.items()}
 
@@ -149,7 +159,7 @@ def agreement(a: list[str | None], b: list[str | None]) -> Interval:
     return wilson(sum(x is not None and x == y for x, y in zip(a, b, strict=True)), len(a))
 
 
-def heldout_proof(ws: Workspace, report: RunReport, max_new_tokens: int) -> list[Target]:
+def heldout_proof(ws: Workspace, report: RunReport, max_new_tokens: int, also_runs: tuple[str, ...] = ()) -> list[Target]:
     """Print the held-out agreement table; one target per figure: its interval's half-width."""
     config = load_job_config(ws.root / "annotate-job.yaml")  # the teacher and task the demo ran with
     task = load_task(config.task, overrides=config.vars or None)
@@ -157,9 +167,9 @@ def heldout_proof(ws: Workspace, report: RunReport, max_new_tokens: int) -> list
     authors: list[str | None] = [label for _, _, label in docs]
     print(f"held-out set: {len(docs)} documents ({HELDOUT})")
     answers = {"teacher": teacher_answers(config, task, [text for _, text, _ in docs]),
-               **student_answers(ws, report, task, docs, max_new_tokens)}
+               **student_answers(ws, report, task, docs, max_new_tokens, also_runs)}
     rows = [(f"{name} vs author labels", agreement(labels, authors)) for name, labels in answers.items()]
-    rows += [(f"{name} vs teacher", agreement(answers[name], answers["teacher"])) for name in ("base", "tuned")]
+    rows += [(f"{name} vs teacher", agreement(answers[name], answers["teacher"])) for name in ("base", "tuned", *also_runs)]
     print(f"{'':<28}{'agreement':>10}{'95% interval':>18}{'half-width':>12}")
     for name, iv in rows:
         print(f"{name:<28}{iv.estimate or 0:>10.1%}{f'[{iv.low:.1%}, {iv.high:.1%}]':>18}{iv.half_width * 100:>9.1f} pts"

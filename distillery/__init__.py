@@ -16,6 +16,7 @@ this package imports no stage (`distillery.stages` finds them through entry poin
     client         Kimi / any OpenAI-compatible API over httpx, with ratelimit's buckets
     local_teacher  the embedded model as a teacher
     ledger         the call ledger: a request is paid for at most once, within the budget
+    growing        what dataset generators share: approved seeds, paid calls, generated records
     privacy        personal data found and masked (or blocked) before text reaches an external teacher
     accounting     prices, costs, token estimates
     runtime        the one model runtime (load, quantize, LoRA, generate with stop strings, score)

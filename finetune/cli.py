@@ -140,7 +140,11 @@ def prepare_with_status(approved: Path, out_dir: Path, options: PrepareOptions, 
     out.print(table)
     if report.flat:
         console.print(f"CSV for other trainers: {', '.join(report.flat)}")
-    for what, excluded in (("preference pair(s)", report.preference_excluded), ("rejected record(s)", report.kto_excluded)):
+    if report.generated:
+        console.print("generated records in the training split: "
+                      + ", ".join(f"{origin} {n}" for origin, n in sorted(report.generated.items())))
+    for what, excluded in (("preference pair(s)", report.preference_excluded), ("rejected record(s)", report.kto_excluded),
+                           ("generated record(s)", report.generated_excluded)):
         for why, n in excluded.items():
             console.print(f"left out {n} {what}: {why}")
     for task, labels in report.tasks.items():

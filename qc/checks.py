@@ -183,9 +183,12 @@ def _echo(task: Task, ctx: Context, conclusion: str, reasoning: str, config: Che
     return None
 
 
-# What each duplicate search compares, and which records it covers.
+# What each duplicate search compares, and which records it covers. A generated record shares its
+# origin's answer by construction (an augmentation keeps the label and reasoning; a correction answers
+# the same prompt): the answer search leaves generated records out, and their generators dedup what
+# they make against the workspace (annotate.augment, annotate.similarity).
 _DUPLICATE_TEXT: dict[str, Callable[[Annotation], str | None]] = {
-    "duplicate_answer": lambda ann: f"{ann.conclusion} {ann.reasoning or ''}",
+    "duplicate_answer": lambda ann: f"{ann.conclusion} {ann.reasoning or ''}" if ann.origin is None else None,
     "duplicate_question": lambda ann: ann.input if ann.step == "answer" and ann.input else None,
 }
 

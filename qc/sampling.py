@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distillery.records import Sample
+from distillery.records import NEW_TASK_ORIGINS, Sample
 from distillery.store import Store
 
 from .iso2859 import IsoPlan, PlanError, iso_plan
@@ -216,7 +216,9 @@ def lot_units(store: Store, spec: SampleSpec) -> list[tuple[str, str]]:
                 raise LotError(f"task {name} has no closed label set to stratify by; use --by document or --by task")
     paths: dict[str, str] = {}
     return [
-        (ann.id, _stratum(store, spec.by, ann.task_name, ann.conclusion, ann.chunk_id, paths))
+        # A record with its own instruction answers a task of its own: its conclusion is no label of the lot's.
+        (ann.id, _stratum(store, spec.by, ann.task_name,
+                          f"({ann.origin})" if ann.origin in NEW_TASK_ORIGINS else ann.conclusion, ann.chunk_id, paths))
         for ann in answered(store, spec.tasks)
         if ann.id not in flagged
     ]
