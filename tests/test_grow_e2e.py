@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from grow_fixtures import approved_workspace
 
 from annotate.cli import main as annotate_main
 from distillery.jsonl import read_jsonl
 from distillery.records import Review, TrainingExample
 from distillery.store import Store
 from finetune.cli import main as finetune_main
-from grow_fixtures import approved_workspace
 from qc.cli import main as qc_main
 
 
