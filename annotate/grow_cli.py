@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from distillery.errors import ConfigError
@@ -42,7 +42,7 @@ METHODS: dict[str, tuple[str, bool, str]] = {
                                     "teacher; kept above --threshold"),
 }
 
-Progress_ = Callable[[int, int], None]
+Progress_ = Callable[[GrowStats], None]
 
 
 def _runner(method: str, store: Store, seeds: list, config: JobConfig, opts: dict[str, Any],
@@ -87,12 +87,17 @@ async def _run(method: str, store: Store, seeds: list, config: JobConfig, opts: 
         stop.set()
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
     try:
         with Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task(f"grow {method}", total=None)
-            return await _runner(method, store, seeds, config, opts, stop,
-                                 lambda done, total: progress.update(bar, completed=done, total=total))
+            bar = progress.add_task(f"grow {method}", total=None, info="")
+
+            def update(stats: GrowStats) -> None:
+                progress.update(bar, info=f"made {stats.made:,} · dropped {sum(stats.dropped.values()):,} · calls "
+                                          f"{stats.calls_sent:,} sent, {stats.calls_reused:,} reused · "
+                                          f"{stats.cost:.4f} {stats.currency}")
+
+            return await _runner(method, store, seeds, config, opts, stop, update)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
 
