@@ -320,3 +320,33 @@ def test_kill_9_during_self_instruct_then_rerun_pays_nothing_twice_and_ends_alik
         out, _ = _run(script, fresh, server.base_url).communicate(timeout=60)
         assert "made" in out, out
     assert _generated(db) == _generated(fresh / "distillery.db") != set()
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "origin"), [("self-instruct", "self_instruct"), ("evol-instruct", "evol_instruct"),
+                                                ("instruction-backtranslation", "instruction_backtranslation")])
+def test_grow_command_runs_each_generator_and_a_rerun_pays_nothing(tmp_path, server, method, origin):
+    from click.testing import CliRunner
+
+    from annotate.cli import main
+
+    ws = approved_workspace(tmp_path, 8, docs=4)
+    if method == "instruction-backtranslation":  # it needs chunks no approved record covers
+        with Store.open(ws) as store:
+            ingest(store, [write_docs(tmp_path / "more", ["第九条 网络运营者应当制定网络安全事件应急预案。",
+                                                          "下周三下午两点在报告厅召开安全生产会议。"])],
+                   config=ChunkingConfig(max_size=200, overlap=0))
+    args = ["-w", str(ws), "grow", method, "--provider", "openai", "--base-url", server.base_url,
+            "--api-key-env", "FAKE_MOONSHOT_KEY", "--rounds", "1", "--per-round", "2", "--threshold", "1"]
+    first = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    with Store.open(ws) as store:
+        made = len(_records(store, origin))
+    assert made > 0 and "calls sent" in first.output and "next: review" in first.output
+    sent = len(server.chat_hashes())
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert len(server.chat_hashes()) == sent  # every answer came from the ledger
+    with Store.open(ws) as store:
+        assert len(_records(store, origin)) == made
