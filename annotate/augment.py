@@ -321,7 +321,7 @@ def augment(store: Store, seeds: list[Seed], *, method: Method, per_record: int 
     stats = GrowStats(generator=method, seeds=len(seeds), before=count_generated(store, method))
     # What is stored of this origin, by seed: an augmentation made with other settings is not made twice.
     stored: dict[str, set[str]] = {}
-    for ann in store.annotations(origin=method):
+    for _, ann in store.annotations(origin=method):
         if ann.parent_id and ann.text is not None:
             stored.setdefault(ann.parent_id, set()).add(ann.text)
     keep_of: dict[tuple[str, str], tuple[str, ...]] = {}
