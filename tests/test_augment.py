@@ -270,3 +270,24 @@ def test_kill_9_mid_back_translation_then_resume_pays_nothing_twice(tmp_path: Pa
                            "GROUP BY parent_id").fetchall()
         assert len(rows) == 14 and all(n == 1 for _, n in rows)
         assert con.execute("SELECT COUNT(*) FROM calls WHERE status != 'ok'").fetchone()[0] == 0
+
+
+def test_back_translation_sends_personal_data_masked_and_stores_it_restored(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from distillery.teacher_config import load_job_config
+    from qc_fixtures import Answer, add_answers
+
+    monkeypatch.setenv("FAKE_MOONSHOT_KEY", KEY)
+    ws, phone = tmp_path / "ws", "13812345678"
+    text = f"第3条 个人信息处理者应当告知处理目的，联系电话{phone}。"
+    with Store.open(ws) as store, FakeMoonshot(api_key=KEY, responder=responder()) as server:
+        add_answers(store, "relevance", [Answer(text=text, conclusion="相关", reasoning="第3条要求告知处理目的，属于个人信息保护义务。")])
+        export_records(store, ws)
+        config = load_job_config(None, {"teacher.provider": "openai", "teacher.base_url": server.base_url,
+                                        "teacher.api_key_env": "FAKE_MOONSHOT_KEY", "teacher.rpm": 100000,
+                                        "privacy.policy": "mask"})
+        stats = asyncio.run(back_translate(store, approved_seeds(store, Workspace(ws).approved), config))
+        assert stats.made == 1
+        assert not any(phone in json.dumps(r["body"], ensure_ascii=False) for r in server.requests)
+        (_, rec), = store.annotations(origin="back_translation")
+        assert rec.text == "换句话说，" + text and phone in rec.derivation["intermediate"]
