@@ -51,9 +51,9 @@ def _runner(method: str, store: Store, seeds: list, config: JobConfig, opts: dic
     if method in ("eda", "aeda"):
         from .augment import augment
 
-        async def local() -> GrowStats:
-            return await asyncio.to_thread(augment, store, seeds, method=method, per_record=opts["per_record"],
-                                           alpha=opts["alpha"], seed=opts["seed"], on_progress=on_progress)
+        async def local() -> GrowStats:  # on this thread: the store's connection belongs to it
+            return augment(store, seeds, method=method, per_record=opts["per_record"], alpha=opts["alpha"],
+                           seed=opts["seed"], on_progress=on_progress)
 
         return local()
     common = {"stop": stop, "on_progress": on_progress}
