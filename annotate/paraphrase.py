@@ -22,7 +22,7 @@ from distillery.parsing import ContractError
 from distillery.records import Annotation
 from distillery.store import Store
 from distillery.tasks import Task, parse_task
-from distillery.teacher import ChatResult, Message, Teacher
+from distillery.teacher import ChatResult, Guide, Message, Teacher
 from distillery.teacher_config import JobConfig
 
 from .augment import language_of
@@ -152,9 +152,12 @@ class _BackTranslation:
                         restore: Callable[[str], str], answers: list[ChatResult]) -> tuple[str, str] | None:
         """The task's own request on the paraphrase, re-asked with the error stated as annotation does."""
         messages = task.messages(origin.step, text, question=question)
-        labels = task.labels(origin.step)
+        labels, cues = task.labels(origin.step), task.label_cues(origin.step)
+        # The guide annotation gives an embedded teacher (annotate.runner.teacher_request): the label cues
+        # condition the paraphrase itself.
+        guide = Guide(labels=labels, cues=cues, source=text if cues else None) if labels else None
         for attempt in range(task.spec.contract.max_reasks + 1):
-            result = await self.teaching.ask(record_id, messages, labels=labels)
+            result = await self.teaching.ask(record_id, messages, guide=guide)
             if result is None:
                 return None
             answers.append(result)

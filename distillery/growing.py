@@ -171,14 +171,16 @@ class Teaching:
         return self.privacy.screen(*texts)
 
     async def ask(self, record_id: str, messages: list[Message], *, temperature: float | None = None,
-                  max_tokens: int | None = None, labels: list[str] | None = None) -> ChatResult | None:
+                  max_tokens: int | None = None, labels: list[str] | None = None,
+                  guide: Guide | None = None) -> ChatResult | None:
         """One paid request for `record_id`; None when it was not answered (a stop, another run holds
-        it, a teacher error: each counted in the stats)."""
+        it, a teacher error: each counted in the stats). `labels` (or a whole `guide`, with the task's
+        cues) steer an embedded teacher to a closed label set; an API teacher ignores them."""
         teacher = self.config.teacher
         request = ChatRequest(messages=messages, model=self.model,
                               temperature=teacher.temperature if temperature is None else temperature,
                               max_tokens=max_tokens or teacher.max_tokens,
-                              guide=Guide(labels=labels) if labels else None)
+                              guide=guide or (Guide(labels=labels) if labels else None))
         async with self.limit:
             if self.stop.is_set():
                 return None
