@@ -111,7 +111,7 @@ class SecondRoundStats(GrowStats):
     wrong: int = 0  # wrong conclusion (not asked), or the teacher found it wrong
     unreadable: int = 0  # the student's answer broke the conclusion####reasoning contract (or was cut off)
     judged: int = 0  # answers the teacher judged (paid now or reused from the ledger)
-    verdict_unreadable: int = 0  # teacher answers with neither "right" nor "wrong": no record, asked again next run
+    verdict_unreadable: int = 0  # teacher answers with neither "right" nor "wrong": no record (a re-run reads the same answer)
     fallback: int = 0  # corrections whose chosen answer is the approved one although the teacher was asked
     corrections: int = 0  # correction records for this round's wrong answers (stored now or before)
 
