@@ -7,6 +7,8 @@
     train.train                             `llamafactory-cli train` with progress, resume, plain errors
     export.export                           `llamafactory-cli export`: the adapter merged into the base
     evaluate.evaluate                       base vs tuned on the test split, through distillery.runtime
+    second_round.second_round               the tuned student answers its training prompts, the teacher corrects
+                                            it: correction records for qc, preference pairs for DPO
     step.STAGE                              finetune's part of `distill run`
     cli.main                                `distill finetune`
 """

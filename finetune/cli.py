@@ -383,3 +383,82 @@ def render(report: EvalReport) -> Table:
             cells.append("" if a is None or b is None else f"{(b - a) * 100:+.1f} pts" if share else f"{b - a:+.1f}")
         table.add_row(label, *cells)
     return table
+
+
+@main.command("second-round")
+@click.option("--run", "run_name", required=True, help="The SFT run whose tuned student answers its training prompts.")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Job config YAML naming the teacher (as for distill-annotate run) [default: the defaults].")
+@click.option("--approved", type=click.Path(dir_okay=False, path_type=Path),
+              help="Approved records (qc's export) [default: <workspace>/exports/approved.jsonl].")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N training prompts.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Longest student answer (conclusion and reasoning); a cut-off answer counts as unreadable.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.pass_context
+def second_round_cmd(ctx: click.Context, run_name: str, config_path: Path | None, approved: Path | None,
+                     limit: int | None, max_new_tokens: int, batch_size: int) -> None:
+    """A teacher-corrected second round: the tuned student answers its training prompts, the teacher
+    corrects the wrong answers, and each correction is stored (origin "correction") for qc.
+
+    Student answers are cached in <run>/second_round (a re-run does not generate them again); the
+    teacher's answers are in the call ledger (a re-run pays nothing twice). Once qc approved the
+    corrections, export writes them as preference pairs for DPO from the SFT run.
+    """
+    import asyncio
+
+    from distillery.store import Store
+    from distillery.teacher_config import load_job_config
+
+    from .second_round import SecondRoundStats, second_round
+
+    layout = _layout(ctx)
+    run_dir = layout.run(run_name)
+    config = load_job_config(config_path)
+    if problem := config.teacher.key_problem():
+        raise click.ClickException(f"the teacher cannot run: {problem}")
+    console.print(f"teacher: {config.teacher.resolved_model()} @ {config.teacher.resolved_base_url() or 'embedded local model'}")
+    stop = asyncio.Event()
+    try:
+        with Store.open(layout.root) as store, _progress("answers") as progress:
+            bars: dict[str, TaskID] = {}
+
+            def update(phase: str, done: int, total: int, stats: SecondRoundStats) -> None:
+                if phase not in bars:
+                    bars[phase] = progress.add_task("student answers" if phase == "student" else "teacher judges",
+                                                    total=total, info="")
+                info = (f"cached {stats.cached}" if phase == "student" else
+                        f"right {stats.right} · wrong {stats.wrong} · unreadable {stats.unreadable} · "
+                        f"{stats.cost:.4f} {stats.currency}")
+                progress.update(bars[phase], completed=done, total=total, info=info)
+
+            try:
+                stats = asyncio.run(second_round(store, run_dir, approved or layout.approved, config, limit=limit,
+                                                 stop=stop, on_progress=update, max_new_tokens=max_new_tokens,
+                                                 batch_size=batch_size))
+            except KeyboardInterrupt:
+                console.print("[yellow]stopped[/yellow]: what was stored stays; run the same command to resume")
+                raise SystemExit(130) from None
+    except FinetuneError as exc:
+        raise _fail(exc) from exc
+    table = Table(title=f"second round of run {run_name} (adapter {stats.adapter})", show_header=False)
+    for label, value in (("training prompts", str(stats.seeds)),
+                         ("student answers", f"{stats.answered} generated, {stats.cached} from the cache"),
+                         ("student right", str(stats.right)),
+                         ("student wrong", str(stats.wrong)),
+                         ("student unreadable", str(stats.unreadable)),
+                         ("judged by the teacher", f"{stats.judged} ({stats.calls_reused} answers reused, not paid again)"),
+                         ("corrections", f"{stats.corrections} ({stats.made} stored now, {stats.fallback} with the "
+                                         "approved answer where the teacher's correction was unusable)"),
+                         ("cost", f"{stats.cost:.4f} {stats.currency}")):
+        table.add_row(label, value)
+    out.print(table)
+    for reason, n in stats.dropped.items():
+        console.print(f"left out {n}: {reason}")
+    for error in stats.errors:
+        console.print(f"[red]teacher error[/red]: {error}")
+    if stats.stopped:
+        console.print(f"[red]stopped early:[/red] {stats.stopped}")
+    console.print("next: [bold]distill-qc check[/bold], [bold]sample[/bold], [bold]review[/bold] and "
+                  "[bold]export[/bold] (approved corrections become preference pairs), then [bold]distill-finetune "
+                  f"prepare[/bold] and [bold]distill-finetune train --stage dpo --from-run {run_name}[/bold]")

@@ -32,7 +32,7 @@ from .prepare import read_jsonl
 from .workspace import FinetuneError, Manifest, PromptFormat, TaskLabels
 
 if TYPE_CHECKING:
-    from distillery.runtime import Quantization
+    from distillery.runtime import GenerationConfig, ModelRuntime, Quantization
 
 REPORT_FILE = "eval.json"
 
@@ -52,6 +52,7 @@ class Prediction(BaseModel):
     correct: bool
     format_ok: bool
     tokens: int
+    finish_reason: str = "stop"  # "length": cut off at max_new_tokens
 
 
 class LabelScore(BaseModel):
@@ -183,15 +184,7 @@ def evaluate_examples(
         runtime = ModelRuntime.load(candidate.model, adapter=candidate.adapter, quantization=quantization)
         preds: list[Prediction] = []
         for start in range(0, len(examples), batch_size):
-            batch = examples[start:start + batch_size]
-            outs = runtime.generate([prompt.messages(ex.instruction, ex.input) for ex in batch], config)
-            for ex, out in zip(batch, outs):
-                key = f"{ex.task_name}/{ex.step}"
-                task = labels.get(key)
-                conclusion, correct, format_ok = judge(ex, out.text, out.finish_reason, task.labels if task else None)
-                preds.append(Prediction(id=ex.annotation_id, task=key, reference=ex.conclusion, answer=out.text,
-                                        conclusion=conclusion, correct=correct, format_ok=format_ok,
-                                        tokens=out.completion_tokens))
+            preds += predict(runtime, examples[start:start + batch_size], prompt, labels, config)
             if on_progress:
                 on_progress(candidate.name, len(preds), len(examples))
         del runtime
@@ -201,6 +194,22 @@ def evaluate_examples(
     report = EvalReport(data_dir=source, test_examples=len(examples), max_new_tokens=max_new_tokens,
                         labels=labels, models=scores)
     return report, predictions
+
+
+def predict(runtime: ModelRuntime, batch: list[TrainingExample], prompt: PromptFormat,
+            labels: dict[str, TaskLabels], config: GenerationConfig) -> list[Prediction]:
+    """One batch answered by a loaded model, prompted as it was trained, each answer judged against
+    its example's conclusion (eval's loop; the second round's student answers too)."""
+    outs = runtime.generate([prompt.messages(ex.instruction, ex.input) for ex in batch], config)
+    preds = []
+    for ex, out in zip(batch, outs):
+        key = f"{ex.task_name}/{ex.step}"
+        task = labels.get(key)
+        conclusion, correct, format_ok = judge(ex, out.text, out.finish_reason, task.labels if task else None)
+        preds.append(Prediction(id=ex.annotation_id, task=key, reference=ex.conclusion, answer=out.text,
+                                conclusion=conclusion, correct=correct, format_ok=format_ok,
+                                tokens=out.completion_tokens, finish_reason=out.finish_reason))
+    return preds
 
 
 def write_report(report: EvalReport, predictions: dict[str, list[Prediction]], out_dir: Path) -> Path:
