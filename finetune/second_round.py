@@ -7,9 +7,9 @@ the teacher corrects what it got wrong, and each correction becomes a preference
        each one, prompted exactly as it was trained; the answers are cached in
        <run>/second_round/student_answers.jsonl, keyed by record id and adapter hash, so a re-run
        after kill -9 does not generate them again
-    3. an answer whose conclusion differs from the approved one (or that breaks the
-       `conclusion####reasoning` contract) is wrong without asking; one with the approved conclusion
-       goes to the teacher (one request, temperature 0), which answers "right", or "wrong" and a
+    3. an answer that breaks the `conclusion####reasoning` contract, or whose label differs from the
+       approved one (a closed label set), is wrong without asking; any other answer (the approved
+       label, or an open-ended conclusion however worded) goes to the teacher (one request, temperature 0), which answers "right", or "wrong" and a
        corrected answer
     4. every wrong answer becomes a stored record of origin "correction" on its prompt's chunk:
        its answer (chosen) is the teacher's correction, or the approved answer when there is none,
@@ -338,7 +338,9 @@ async def second_round(
                 stats.unreadable += 1
                 made = record(seed, pred, "unreadable", *approved_answer, chosen="approved",
                               why="the student's answer breaks the conclusion####reasoning contract")
-            elif not pred.correct:
+            elif not pred.correct and tasks.of(seed.annotation).labels(ex.step):
+                # A closed label set decides a wrong label without a call; an open-ended answer worded
+                # otherwise may still be right, so the teacher judges it.
                 stats.wrong += 1
                 made = record(seed, pred, "wrong-conclusion", *approved_answer, chosen="approved",
                               why="the student's conclusion is not the approved one (not asked)")
