@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from distillery.config import parse_sets
 from distillery.errors import ConfigError, DistilleryError
 from distillery.jsonl import read_jsonl, write_jsonl
 from distillery.ledger import JobStopped
-from distillery.options import CommandGroup, teacher_options, workspace_option
+from distillery.options import CommandGroup, stop_on_ctrl_c, teacher_options, workspace_option
 from distillery.privacy import describe_found
 from distillery.records import LineageRecord
 from distillery.store import Store
@@ -203,20 +202,10 @@ def run_planned_job(store: Store, task: Task, config: JobConfig, pending: int) -
 
 
 async def _run_with_progress(store: Store, task: Task, config: JobConfig, pending: int) -> runner.JobStats:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_sigint() -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        console.print("[yellow]stopping after the requests in flight (Ctrl-C again to abort now)…[/yellow]")
-        stop.set()
-
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=console, transient=False) as progress:
+    with stop_on_ctrl_c(console) as stop, Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("annotating", total=pending, rate="", info="")
 
         def update(stats: runner.JobStats) -> None:
@@ -226,10 +215,7 @@ async def _run_with_progress(store: Store, task: Task, config: JobConfig, pendin
                             info=f"tok {stats.prompt_tokens + stats.completion_tokens:,} · "
                                  f"{stats.cost:.4f} {stats.currency} · not ok {errors} · retries {stats.retries}")
 
-        try:
-            return await runner.run_job(store, task, config, on_progress=update, stop=stop)
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
+        return await runner.run_job(store, task, config, on_progress=update, stop=stop)
 
 
 def _print_estimate(est: runner.Estimate) -> None:

@@ -6,7 +6,6 @@ like any other before they can train."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from rich.table import Table
 from distillery.errors import ConfigError
 from distillery.growing import GrowError, GrowStats, approved_seeds, count_generated
 from distillery.ledger import JobStopped
-from distillery.options import teacher_options
+from distillery.options import stop_on_ctrl_c, teacher_options
 from distillery.store import Store
 from distillery.teacher_config import JobConfig, load_job_config
 from distillery.workspace import Workspace
@@ -77,29 +76,16 @@ def _runner(method: str, store: Store, seeds: list, config: JobConfig, opts: dic
 
 
 async def _run(method: str, store: Store, seeds: list, config: JobConfig, opts: dict[str, Any]) -> GrowStats:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_sigint() -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        console.print("[yellow]stopping after the requests in flight (Ctrl-C again to abort now)…[/yellow]")
-        stop.set()
-
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
-    try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task(f"grow {method}", total=None, info="")
+    with stop_on_ctrl_c(console) as stop, Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(f"grow {method}", total=None, info="")
 
-            def update(stats: GrowStats) -> None:
-                progress.update(bar, info=f"made {stats.made:,} · dropped {sum(stats.dropped.values()):,} · calls "
-                                          f"{stats.calls_sent:,} sent, {stats.calls_reused:,} reused · "
-                                          f"{stats.cost:.4f} {stats.currency}")
+        def update(stats: GrowStats) -> None:
+            progress.update(bar, info=f"made {stats.made:,} · dropped {sum(stats.dropped.values()):,} · calls "
+                                      f"{stats.calls_sent:,} sent, {stats.calls_reused:,} reused · "
+                                      f"{stats.cost:.4f} {stats.currency}")
 
-            return await _runner(method, store, seeds, config, opts, stop, update)
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        return await _runner(method, store, seeds, config, opts, stop, update)
 
 
 def print_grow_summary(stats: GrowStats, method: str, *, teacher: bool) -> None:

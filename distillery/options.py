@@ -3,11 +3,15 @@ teacher (for every command that calls one)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
 
 from .errors import DistilleryError
 from .workspace import WORKSPACE_ENV, default_workspace
@@ -64,3 +68,23 @@ def sets_option(example: str) -> Callable[[F], F]:
     """--set KEY=VALUE (repeatable): dotted config keys, values read as YAML (see distillery.config.parse_sets)."""
     return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                         help=f"Override one config key, e.g. --set {example} (repeatable; values read as YAML).")
+
+
+@contextmanager
+def stop_on_ctrl_c(console: Console) -> Iterator[asyncio.Event]:
+    """In a running event loop: the first Ctrl-C sets the event (a job stops sending and lets the
+    requests in flight finish and be stored), a second one aborts at once."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        console.print("[yellow]stopping after the requests in flight (Ctrl-C again to abort now)…[/yellow]")
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)

@@ -418,7 +418,7 @@ def second_round_cmd(ctx: click.Context, run_name: str, config_path: Path | None
     if problem := config.teacher.key_problem():
         raise click.ClickException(f"the teacher cannot run: {problem}")
     console.print(f"teacher: {config.teacher.resolved_model()} @ {config.teacher.resolved_base_url() or 'embedded local model'}")
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # Ctrl-C aborts (the model generates on this thread); what was stored stays
     try:
         with Store.open(layout.root) as store, _progress("answers") as progress:
             bars: dict[str, TaskID] = {}
@@ -457,8 +457,8 @@ def second_round_cmd(ctx: click.Context, run_name: str, config_path: Path | None
         console.print(f"left out {n}: {reason}")
     for error in stats.errors:
         console.print(f"[red]teacher error[/red]: {error}")
-    if stats.stopped:
-        console.print(f"[red]stopped early:[/red] {stats.stopped}")
+    if stats.stopped:  # a stop, the budget, quota or a refused key: exit 1, and how to go on
+        raise click.ClickException(f"stopped early: {stats.stopped}; run the same command again to resume")
     console.print("next: [bold]distill-qc check[/bold], [bold]sample[/bold], [bold]review[/bold] and "
                   "[bold]export[/bold] (approved corrections become preference pairs), then [bold]distill-finetune "
                   f"prepare[/bold] and [bold]distill-finetune train --stage dpo --from-run {run_name}[/bold]")
