@@ -113,6 +113,10 @@ def _make_version_3(workspace) -> None:
     db = sqlite3.connect(workspace / "distillery.db")
     db.executescript("DROP TABLE chunk_bands; DROP INDEX chunks_text_key; ALTER TABLE chunks DROP COLUMN text_key;"
                      "ALTER TABLE chunks DROP COLUMN duplicate_of; ALTER TABLE chunks DROP COLUMN duplicate_similarity;"
+                     # and what version 5 added (generated records)
+                     "DROP INDEX annotations_origin; ALTER TABLE annotations DROP COLUMN origin;"
+                     "ALTER TABLE annotations DROP COLUMN instruction; ALTER TABLE annotations DROP COLUMN text;"
+                     "ALTER TABLE annotations DROP COLUMN derivation;"
                      "PRAGMA user_version = 3;")  # fmt: skip
     db.close()
 
