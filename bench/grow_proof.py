@@ -94,7 +94,9 @@ def eval_figures(ws: Path, run: str, data: Path) -> dict[str, dict]:
               help="A workspace where `distill run examples/pipeline.yaml` finished.")
 @click.option("--per-record", default=2, show_default=True, help="Augmented versions per approved record (eda, aeda).")
 @click.option("--skip-second-round", is_flag=True, help="Only the growing part.")
-def main(workspace: Path, per_record: int, skip_second_round: bool) -> None:
+@click.option("--dpo-learning-rate", default=5e-5, show_default=True,
+              help="The DPO run's learning rate (the demo's SFT rate, 1e-3, took the student from 60% to 30%).")
+def main(workspace: Path, per_record: int, skip_second_round: bool, dpo_learning_rate: float) -> None:
     ws = workspace
     if not Workspace(ws).report_json.is_file():
         raise SystemExit(f"{ws} has no report.json: run `distill run examples/pipeline.yaml -w {ws}` first")
@@ -130,7 +132,7 @@ def main(workspace: Path, per_record: int, skip_second_round: bool) -> None:
         table.append(("second round: approved correction pairs", str(sum(p.origin == "correction" for p in pairs))))
         distill(ws, "finetune", "prepare", "--out", str(data / "data-round2"), *prep)
         distill(ws, "finetune", "train", "--stage", "dpo", "--from-run", "sft-lora", "--data", str(data / "data-round2"),
-                "--run", "dpo-round2", *sets)
+                "--run", "dpo-round2", *sets, "--set", f"learning_rate={dpo_learning_rate}")
         figures["dpo-round2"] = eval_figures(ws, "dpo-round2", data / "data")
 
     for label, value in table:
