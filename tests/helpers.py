@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from annotate.ingest import ChunkingConfig, ingest
@@ -35,3 +40,17 @@ def openai_config(base_url: str, **teacher: object) -> JobConfig:
                  "teacher.max_retries": 3, "teacher.backoff_s": 0.01}
     overrides |= {f"teacher.{k}": v for k, v in teacher.items()}
     return load_job_config(None, overrides)
+
+
+def kill_9_when(proc: subprocess.Popen[str], db: Path, ready: Callable[[], bool], *, timeout_s: float = 60) -> tuple[set[str], int]:
+    """kill -9 `proc` once `ready()` (or after `timeout_s`); returns the requests whose answers its
+    store holds and how many calls it left out (`sent`, no answer)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (not db.exists() or not ready()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db) as con:
+        stored = {r[0] for r in con.execute("SELECT request FROM calls WHERE status = 'ok'")}
+        in_flight = con.execute("SELECT COUNT(*) FROM calls WHERE status = 'sent'").fetchone()[0]
+    return stored, in_flight

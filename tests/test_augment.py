@@ -7,11 +7,9 @@ import asyncio
 import json
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from distillery.growing import GrowError, approved_seeds
 from distillery.store import Store
 from distillery.workspace import Workspace
 from doubles.moonshot import FakeMoonshot
-from helpers import openai_config
+from helpers import kill_9_when, openai_config
 
 KEY = "sk-test-augment"
 ZH = "第5条 个人信息处理者应当告知处理目的和方式，违反者由主管部门责令改正，处一百万元以下罚款。"
@@ -243,15 +241,7 @@ def test_kill_9_mid_back_translation_then_resume_pays_nothing_twice(tmp_path: Pa
     with FakeMoonshot(api_key=KEY, responder=responder(), latency_s=0.15) as server:
         run = lambda: subprocess.Popen([sys.executable, str(script), str(ws), server.base_url], env=env,  # noqa: E731
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        proc = run()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _bt_count(db) < 4:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        with sqlite3.connect(db) as con:
-            stored = {r[0] for r in con.execute("SELECT request FROM calls WHERE status = 'ok'")}
-            in_flight = con.execute("SELECT COUNT(*) FROM calls WHERE status = 'sent'").fetchone()[0]
+        stored, in_flight = kill_9_when(run(), db, lambda: _bt_count(db) >= 4)
         done = _bt_count(db)
         assert 4 <= done < 14, "the kill must land mid-run"
         seen_before = len(server.requests)

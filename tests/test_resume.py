@@ -9,7 +9,7 @@ import sys
 import time
 
 from doubles.moonshot import FakeMoonshot
-from helpers import write_docs
+from helpers import kill_9_when, write_docs
 
 KEY = "sk-test-resume"
 N = 30
@@ -33,15 +33,7 @@ def test_kill_9_then_resume_annotates_each_chunk_exactly_once(tmp_path):
     subprocess.run([sys.executable, "-m", "annotate", "-w", str(ws), "ingest", str(docs)], check=True, capture_output=True)
     db = ws / "distillery.db"
     with FakeMoonshot(api_key=KEY, latency_s=0.3) as server:
-        proc = _cli(ws, server.base_url)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not db.exists() or _ok_count(db) < 8):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        with sqlite3.connect(db) as con:
-            stored = {r[0] for r in con.execute("SELECT request FROM calls WHERE status = 'ok'")}
-            in_flight = con.execute("SELECT COUNT(*) FROM calls WHERE status = 'sent'").fetchone()[0]
+        stored, in_flight = kill_9_when(_cli(ws, server.base_url), db, lambda: _ok_count(db) >= 8)
         assert 8 <= len(stored) < N, "the kill must land mid-job"
         seen_before = len(server.requests)  # every request so far (the job's probe included), not only chats
 
