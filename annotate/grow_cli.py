@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from distillery.errors import ConfigError
-from distillery.growing import GrowError, GrowStats, approved_seeds, count_generated
+from distillery.growing import GrowError, GrowStats, approved_seeds
 from distillery.ledger import JobStopped
 from distillery.options import stop_on_ctrl_c, teacher_options
 from distillery.store import Store
@@ -26,20 +26,9 @@ from distillery.workspace import Workspace
 
 console = Console(stderr=True, soft_wrap=True)
 
-# METHOD -> (origin stored, needs a teacher, what it does)
-METHODS: dict[str, tuple[str, bool, str]] = {
-    "eda": ("eda", False, "word operations on the text (synonyms, insertion, swap, deletion); label kept; free"),
-    "aeda": ("aeda", False, "punctuation inserted into the text (Chinese marks in Chinese text); label kept; free"),
-    "back-translate": ("back_translation", True,
-                       "the text paraphrased through another language by the teacher; kept when the teacher's "
-                       "conclusion on the paraphrase is the approved one"),
-    "self-instruct": ("self_instruct", True, "new tasks the teacher writes from approved seed tasks, filtered"),
-    "evol-instruct": ("evol_instruct", True, "instructions the teacher evolves in depth and breadth, eliminated "
-                                             "when nothing is gained"),
-    "instruction-backtranslation": ("instruction_backtranslation", True,
-                                    "the instruction an unreviewed chunk would answer, written and scored by the "
-                                    "teacher; kept above --threshold"),
-}
+# METHOD -> whether it pays a teacher (eda and aeda run locally, for free)
+METHODS: dict[str, bool] = {"eda": False, "aeda": False, "back-translate": True, "self-instruct": True,
+                            "evol-instruct": True, "instruction-backtranslation": True}
 
 Progress_ = Callable[[GrowStats], None]
 
@@ -90,7 +79,7 @@ async def _run(method: str, store: Store, seeds: list, config: JobConfig, opts: 
 
 def print_grow_summary(stats: GrowStats, method: str, *, teacher: bool) -> None:
     table = Table(title=f"grow {method}", show_header=False)
-    rows: list[tuple[str, str]] = [("approved records used", f"{stats.seeds:,}"),
+    rows: list[tuple[str, str]] = [("records (or chunks) worked from", f"{stats.seeds:,}"),
                                    (f"{stats.generator or method} records before", f"{stats.before:,}"),
                                    ("made by this run", f"{stats.made:,}"),
                                    (f"{stats.generator or method} records after", f"{stats.after:,}")]
@@ -149,7 +138,7 @@ def grow_cmd(ctx: click.Context, method: str, approved: Path | None, task_names:
     Safe to kill and run again: nothing paid for is paid again. The new records are stored for
     review: run distill-qc check, sample, review and export before they can train.
     """
-    origin, teacher, _ = METHODS[method]
+    teacher = METHODS[method]
     opts = {k: options.pop(k) for k in ("per_record", "alpha", "rounds", "per_round", "limit", "threshold", "seed")}
     overrides = {"budget": options.pop("budget"), "privacy.policy": options.pop("privacy")}
     overrides |= {f"teacher.{k}": v for k, v in options.items()}
@@ -165,9 +154,7 @@ def grow_cmd(ctx: click.Context, method: str, approved: Path | None, task_names:
             raise click.ClickException(str(exc)) from exc
         if teacher and (problem := config.teacher.key_problem()):
             raise ConfigError(problem)
-        before = count_generated(store, origin)
-        stats = asyncio.run(_run(method, store, seeds, config, opts))
-        stats.seeds, stats.before, stats.after = len(seeds), before, count_generated(store, origin)
+        stats = asyncio.run(_run(method, store, seeds, config, opts))  # it counts its records before and after
     print_grow_summary(stats, method, teacher=teacher)
     if stats.stopped:
         raise JobStopped(stats.stopped)

@@ -699,6 +699,10 @@ class Store:
             (json.dumps(list(task_names)), json.dumps(list(steps)), json.dumps(list(statuses))),
         ).fetchone()[0]
 
+    def origin_count(self, origin: str) -> int:
+        """How many records of this origin (records.Origin) the store holds, whatever their state."""
+        return self.db.execute("SELECT COUNT(*) FROM annotations WHERE origin = ?", (origin,)).fetchone()[0]
+
     def replace_flags(self, flags: Iterable[Flag], *, task_names: Collection[str], kinds: Collection[str]) -> int:
         """Swap in a check run's findings: the `kinds` flags of the tasks' records, in one transaction."""
         with self.transaction() as db:

@@ -184,7 +184,7 @@ def export_approved(
         found.sort(key=lambda k: (rank[k[0]], k[1], k[2], k[3]))  # document order: readable, and stable across runs
     pairs: list[PreferencePair] = []
 
-    def examples(keys: list[tuple[int, int, int, str]]) -> Iterator[TrainingExample]:
+    def examples(keys: list[tuple[int, int, int, str]], *, training: bool) -> Iterator[TrainingExample]:
         for n, (_, _, _, aid) in enumerate(keys, 1):
             if on_progress and (n % 5000 == 0 or n == len(keys)):
                 on_progress(n, len(keys))
@@ -193,28 +193,25 @@ def export_approved(
                 raise ExportRefused(f"record {aid} changed while exporting: run distill-qc export again")
             outcome = every.get(aid)
             example = _example(contexts.of(ann), outcome)
-            if outcome is not None and outcome.verdict == "fix" and ann.origin != "correction":
-                pairs.append(_pair(example, outcome))
             summary.corrected += example.corrected
+            if ann.origin == "correction":
+                # A second round's correction trains as a preference pair, never as a plain example: its
+                # prompt is an approved record's, which trains already. A rejected one goes nowhere.
+                if training and "student_answer" in ann.derivation:
+                    pairs.append(_second_round_pair(example, ann))
+                    summary.second_round_pairs += 1
+                continue
+            if outcome is not None and outcome.verdict == "fix":
+                pairs.append(_pair(example, outcome))
+            if training and ann.origin is not None:
+                summary.generated[ann.origin] = summary.generated.get(ann.origin, 0) + 1
             yield example
 
-    def trainable(keys: list[tuple[int, int, int, str]]) -> Iterator[TrainingExample]:
-        # A second round's correction trains as a preference pair, never as a plain example: its prompt
-        # is an approved record's, which trains already.
-        for example in examples(keys):
-            if example.origin != "correction":
-                if example.origin is not None:
-                    summary.generated[example.origin] = summary.generated.get(example.origin, 0) + 1
-                yield example
-            elif (ann := store.annotation(example.annotation_id)) is not None and "student_answer" in ann.derivation:
-                pairs.append(_second_round_pair(example, ann))
-                summary.second_round_pairs += 1
-
-    summary.examples = write_jsonl(out, trainable(keys))
+    summary.examples = write_jsonl(out, examples(keys, training=True))
     write_jsonl(pairs_out, pairs)
     summary.pairs = len(pairs)
     if rejected_out is not None:
-        write_jsonl(rejected_out, (ex for ex in examples(rejected_keys) if ex.origin != "correction"))  # a rejection is never a fix: no pairs, no corrections
+        write_jsonl(rejected_out, examples(rejected_keys, training=False))  # a rejection is never a fix: no pairs, no corrections
     return summary
 
 
